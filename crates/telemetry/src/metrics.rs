@@ -1,0 +1,192 @@
+//! Prometheus metrics: every name is spelled here, once.
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `tollgate_requests_total` | `server`, `method`, `decision` | MCP requests handled, by outcome |
+//! | `tollgate_upstream_latency_seconds` | `server` | time from forwarding to the upstream's answer head |
+//! | `tollgate_upstream_errors_total` | `server`, `kind` | upstream failures (connect, timeout, protocol) |
+//! | `tollgate_audit_dropped_total` | | audit records lost because the writer fell behind |
+//! | `tollgate_stdio_children` | `server` | live stdio upstream processes |
+//! | `tollgate_stdio_restarts_total` | `server` | stdio upstream processes restarted after a crash |
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of `tollgate_requests_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Upstream server name.
+    pub server: String,
+    /// JSON-RPC method, or the HTTP method for GET and DELETE.
+    pub method: String,
+    /// Decision or outcome (`allow`, `deny`, `rate_limited`, `unknown_tool`, `error`...).
+    pub decision: String,
+}
+
+/// Labels carrying only the upstream server name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    /// Upstream server name.
+    pub server: String,
+}
+
+/// Labels of `tollgate_upstream_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Upstream server name.
+    pub server: String,
+    /// `connect`, `timeout`, `protocol`, `spawn`...
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 us .. ~100 s, factor 2.5: fine at the low end where a gateway's overhead lives.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.5, 16,
+    ))
+}
+
+/// The process's metrics and their registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `tollgate_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `tollgate_upstream_latency_seconds`.
+    pub upstream_latency: Family<ServerLabels, Histogram, fn() -> Histogram>,
+    /// `tollgate_upstream_errors_total`.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    /// `tollgate_audit_dropped_total`.
+    pub audit_dropped: Counter,
+    /// `tollgate_stdio_children`.
+    pub stdio_children: Family<ServerLabels, Gauge<i64, AtomicI64>>,
+    /// `tollgate_stdio_restarts_total`.
+    pub stdio_restarts: Family<ServerLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tollgate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "MCP requests handled, by outcome",
+            requests.clone(),
+        );
+        let upstream_latency =
+            Family::<ServerLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to the upstream's answer head",
+            upstream_latency.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Upstream failures by kind",
+            upstream_errors.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit records lost because the writer fell behind",
+            audit_dropped.clone(),
+        );
+        let stdio_children = Family::<ServerLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "stdio_children",
+            "Live stdio upstream processes",
+            stdio_children.clone(),
+        );
+        let stdio_restarts = Family::<ServerLabels, Counter>::default();
+        registry.register(
+            "stdio_restarts",
+            "Stdio upstream processes restarted after a crash",
+            stdio_restarts.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            upstream_latency,
+            upstream_errors,
+            audit_dropped,
+            stdio_children,
+            stdio_restarts,
+        }
+    }
+
+    /// Counts one handled request.
+    pub fn count_request(&self, server: &str, method: &str, decision: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                server: server.to_owned(),
+                method: method.to_owned(),
+                decision: decision.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one upstream round trip.
+    pub fn observe_upstream(&self, server: &str, seconds: f64) {
+        self.upstream_latency
+            .get_or_create(&ServerLabels {
+                server: server.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts one upstream failure.
+    pub fn count_upstream_error(&self, server: &str, kind: &str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                server: server.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_metrics_carry_the_tollgate_prefix_and_labels() {
+        let metrics = Metrics::new();
+        metrics.count_request("everything", "tools/call", "allow");
+        metrics.observe_upstream("everything", 0.002);
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"tollgate_requests_total{server="everything",method="tools/call",decision="allow"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_upstream_latency_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
