@@ -1,0 +1,299 @@
+//! The gateway process: shared state, listeners, start and shutdown.
+//!
+//! ```text
+//!   Config ──Gateway::start──▶ Shared { grants, servers (upstream + catalog + eras), sealer,
+//!                                       quota, audit, metrics }
+//!                               ├─ data listener  ─▶ handler (POST / GET / DELETE /mcp/{server})
+//!                               └─ admin listener ─▶ /metrics /healthz /readyz  (own task set)
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tollgate_mcp::json::JsonLimits;
+use tollgate_mcp::session::SessionSealer;
+use tollgate_policy::Policy;
+use tollgate_quota::{LocalQuota, Quota};
+use tollgate_telemetry::Metrics;
+
+use crate::audit::AuditLog;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::eras::EraProbe;
+use crate::upstream::{Upstream, http as upstream_http};
+
+/// A client credential, resolved.
+pub(crate) struct Grant {
+    pub id: String,
+    pub label: String,
+    pub server: String,
+    /// The policy file's path, or `None` for a grant without a policy (which denies everything).
+    pub policy_id: Option<String>,
+    pub policy: Arc<Policy>,
+}
+
+/// One upstream server and what the gateway knows about it.
+pub(crate) struct Server {
+    pub name: String,
+    pub upstream: Upstream,
+    pub catalog: Catalog,
+    pub eras: EraProbe,
+}
+
+/// State shared by every request.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub grants: HashMap<[u8; 32], Arc<Grant>>,
+    pub servers: HashMap<String, Arc<Server>>,
+    pub sealer: SessionSealer,
+    pub quota: Arc<dyn Quota>,
+    pub audit: Option<AuditLog>,
+    pub metrics: Arc<Metrics>,
+    pub json_limits: JsonLimits,
+    pub request_seq: AtomicU64,
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    /// A process-unique request id for audit records and logs.
+    pub fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.config.node_id)
+    }
+}
+
+/// A started gateway: its bound addresses and a handle to stop it.
+pub struct RunningGateway {
+    /// Where the data plane listens (`/mcp/{server}`).
+    pub data_addr: SocketAddr,
+    /// Where the admin plane listens (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningGateway {
+    /// Stops accepting, lets in-flight requests finish (up to a grace period), stops stdio
+    /// children and flushes the audit log.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let grace = std::time::Duration::from_secs(10);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; aborting them");
+            self.tasks.abort_all();
+        }
+        for server in self.shared.servers.values() {
+            server.upstream.shutdown().await;
+        }
+        if let Some(audit) = &self.shared.audit {
+            if let Err(error) = audit.flush().await {
+                tracing::error!(%error, "flushing the audit log failed");
+            }
+        }
+    }
+
+    /// Waits until the process is asked to stop (SIGINT or SIGTERM), then shuts down.
+    pub async fn run_until_signalled(self) -> Result<(), StartError> {
+        wait_for_signal().await?;
+        tracing::info!("stopping");
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// The metrics registry (for tests and embedding).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+}
+
+async fn wait_for_signal() -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.map_err(StartError::Signal)?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The audit file could not be opened.
+    #[error("opening the audit log {path}: {source}")]
+    Audit {
+        /// The audit path.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: crate::audit::AuditError,
+    },
+    /// The session keys are unusable.
+    #[error("loading the session keys: {0}")]
+    Sessions(#[from] tollgate_mcp::session::SessionError),
+    /// A listener could not be bound.
+    #[error("binding the {what} listener {addr}: {source}")]
+    Bind {
+        /// `data` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Builds the gateway from a validated configuration and starts both listeners.
+pub async fn start(config: Config) -> Result<RunningGateway, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let quota: Arc<dyn Quota> = Arc::new(LocalQuota::new());
+    start_with(config, metrics, quota).await
+}
+
+/// Like [`start`], with the metrics registry and quota implementation supplied by the caller.
+pub async fn start_with(
+    config: Config,
+    metrics: Arc<Metrics>,
+    quota: Arc<dyn Quota>,
+) -> Result<RunningGateway, StartError> {
+    let audit = match &config.audit_path {
+        Some(path) => Some(AuditLog::open(path).await.map_err(|source| {
+            StartError::Audit {
+                path: path.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let sealer = SessionSealer::new(config.sessions.keys.clone())?;
+    if config.sessions.ephemeral {
+        tracing::warn!(
+            "no session keys configured: using a random key; sessions will not survive a restart \
+             or move between nodes"
+        );
+    }
+    let client = upstream_http::client();
+    let servers = config
+        .upstreams
+        .iter()
+        .map(|up| {
+            let server = Server {
+                name: up.name.clone(),
+                upstream: Upstream::new(
+                    up,
+                    client.clone(),
+                    &config.limits,
+                    &config.node_id,
+                    metrics.clone(),
+                ),
+                catalog: Catalog::default(),
+                eras: EraProbe::default(),
+            };
+            (up.name.clone(), Arc::new(server))
+        })
+        .collect();
+    let deny_all = Arc::new(Policy::deny_all());
+    let grants = config
+        .grants
+        .iter()
+        .map(|g| {
+            let (policy_id, policy) = match &g.policy {
+                Some((id, policy)) => (Some(id.clone()), policy.clone()),
+                None => (None, deny_all.clone()),
+            };
+            let grant = Grant {
+                id: g.id.clone(),
+                label: g.label.clone(),
+                server: g.server.clone(),
+                policy_id,
+                policy,
+            };
+            (g.token_hash, Arc::new(grant))
+        })
+        .collect();
+    let json_limits = JsonLimits {
+        max_bytes: config.limits.max_body_bytes,
+        max_depth: config.limits.max_json_depth,
+    };
+
+    let data = bind("data", config.listen.data).await?;
+    let admin = bind("admin", config.listen.admin).await?;
+    let data_addr = local_addr("data", &data, config.listen.data)?;
+    let admin_addr = local_addr("admin", &admin, config.listen.admin)?;
+
+    let shared = Arc::new(Shared {
+        config,
+        grants,
+        servers,
+        sealer,
+        quota,
+        audit,
+        metrics,
+        json_limits,
+        request_seq: AtomicU64::new(1),
+        ready: AtomicBool::new(false),
+    });
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let data_router = crate::handler::router(shared.clone());
+    let admin_router = crate::admin::router(shared.clone());
+    tasks.spawn(serve(data, data_router, stopped.clone()));
+    // Admin endpoints run as their own task set so that data-plane load cannot starve probes.
+    tasks.spawn(serve(admin, admin_router, stopped));
+    shared.ready.store(true, Ordering::Release);
+    tracing::info!(%data_addr, %admin_addr, "tollgate gateway listening");
+    Ok(RunningGateway {
+        data_addr,
+        admin_addr,
+        shared,
+        stop,
+        tasks,
+    })
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local_addr(
+    what: &'static str,
+    listener: &TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, mut stopped: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+    });
+    if let Err(error) = axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(%error, "listener failed");
+    }
+}

@@ -1,0 +1,19 @@
+//! The Tollgate data plane: the HTTP server, sealed sessions, upstream transports, policy
+//! enforcement and the audit log.
+//!
+//! [`start`] builds a gateway from a validated [`config::Config`] and binds its listeners; the
+//! binary and the tests both go through it.
+
+mod admin;
+pub mod audit;
+mod call;
+pub mod catalog;
+pub mod config;
+pub mod eras;
+pub mod error;
+mod gateway;
+mod handler;
+mod list;
+pub mod upstream;
+
+pub use gateway::{RunningGateway, StartError, start, start_with};
