@@ -76,7 +76,12 @@ impl GatewayBuilder {
         self
     }
 
-    pub fn http_upstream_with_headers(mut self, name: &str, url: &str, headers: &[(&str, &str)]) -> Self {
+    pub fn http_upstream_with_headers(
+        mut self,
+        name: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Self {
         self.upstreams.push((
             name.to_owned(),
             UpstreamSpec::Http {
@@ -183,7 +188,9 @@ impl GatewayBuilder {
         std::fs::write(&path, &text)?;
         let config = Config::load(&path, &tollgate_gateway::config::ProcessEnv)
             .map_err(|e| anyhow::anyhow!("config rejected:\n{e}\n---\n{text}"))?;
-        let running = tollgate_gateway::start(config).await.context("starting the gateway")?;
+        let running = tollgate_gateway::start(config)
+            .await
+            .context("starting the gateway")?;
         Ok(Gateway {
             audit_path: self.dir.path().join("audit.jsonl"),
             running: Some(running),
@@ -325,7 +332,10 @@ impl Raw {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let mut headers = vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", method)];
+        let mut headers = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ];
         if let Some(name) = &name {
             headers.push(("mcp-name", name.as_str()));
         }
@@ -346,7 +356,10 @@ impl Raw {
         let reply = self
             .post(
                 initialized.to_string(),
-                &[("mcp-session-id", &session), ("mcp-protocol-version", "2025-11-25")],
+                &[
+                    ("mcp-session-id", &session),
+                    ("mcp-protocol-version", "2025-11-25"),
+                ],
             )
             .await;
         anyhow::ensure!(reply.status == 202, "initialized: {reply:?}");
@@ -358,7 +371,10 @@ impl Raw {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.post(
             body.to_string(),
-            &[("mcp-session-id", session), ("mcp-protocol-version", "2025-11-25")],
+            &[
+                ("mcp-session-id", session),
+                ("mcp-protocol-version", "2025-11-25"),
+            ],
         )
         .await
     }

@@ -12,11 +12,10 @@ const OTHER_TOKEN: &str = "other-server-token-0123456789";
 
 async fn setup() -> (tollgate_testkit::RunningUpstream, Gateway) {
     init_tracing();
-    let upstream = Upstream::start(
-        UpstreamOptions::default().require_header("x-upstream-token", "s3cret"),
-    )
-    .await
-    .unwrap();
+    let upstream =
+        Upstream::start(UpstreamOptions::default().require_header("x-upstream-token", "s3cret"))
+            .await
+            .unwrap();
     let other = Upstream::start(UpstreamOptions::default()).await.unwrap();
     let gateway = GatewayBuilder::new()
         .http_upstream_with_headers("main", &upstream.url, &[("X-Upstream-Token", "s3cret")])
@@ -47,7 +46,9 @@ const MODERN_LIST: &[(&str, &str)] = &[
 async fn a_request_without_a_valid_token_gets_401_with_resource_metadata() {
     let (upstream, gateway) = setup().await;
     for token in [None, Some("wrong-token-wrong-token")] {
-        let reply = Raw::new(&gateway.url("main"), token).post(list_body(), MODERN_LIST).await;
+        let reply = Raw::new(&gateway.url("main"), token)
+            .post(list_body(), MODERN_LIST)
+            .await;
         assert_eq!(reply.status, 401, "{reply:?}");
         let challenge = reply.header("www-authenticate").unwrap();
         assert!(
@@ -56,18 +57,26 @@ async fn a_request_without_a_valid_token_gets_401_with_resource_metadata() {
             "{challenge}"
         );
     }
-    let metadata: serde_json::Value = reqwest::get(format!(
-        "{}",
+    let metadata: serde_json::Value = reqwest::get(
         gateway
             .url("main")
-            .replace("/mcp/main", "/.well-known/oauth-protected-resource/mcp/main")
-    ))
+            .replace(
+                "/mcp/main",
+                "/.well-known/oauth-protected-resource/mcp/main",
+            )
+            .to_string(),
+    )
     .await
     .unwrap()
     .json()
     .await
     .unwrap();
-    assert!(metadata["resource"].as_str().unwrap().ends_with("/mcp/main"));
+    assert!(
+        metadata["resource"]
+            .as_str()
+            .unwrap()
+            .ends_with("/mcp/main")
+    );
     assert_eq!(upstream.stats().http_requests, 0);
 }
 
@@ -78,7 +87,12 @@ async fn a_grant_may_only_reach_its_own_server() {
         .post(list_body(), MODERN_LIST)
         .await;
     assert_eq!(reply.status, 403);
-    assert!(reply.header("www-authenticate").unwrap().contains("insufficient_scope"));
+    assert!(
+        reply
+            .header("www-authenticate")
+            .unwrap()
+            .contains("insufficient_scope")
+    );
     assert_eq!(upstream.stats().http_requests, 0);
 }
 
@@ -87,15 +101,24 @@ async fn foreign_origins_and_hosts_are_refused() {
     let (upstream, gateway) = setup().await;
     let raw = Raw::new(&gateway.url("main"), Some(TOKEN));
     let reply = raw
-        .post(list_body(), &[MODERN_LIST, &[("origin", "http://evil.example")]].concat())
+        .post(
+            list_body(),
+            &[MODERN_LIST, &[("origin", "http://evil.example")]].concat(),
+        )
         .await;
     assert_eq!(reply.status, 403, "{reply:?}");
     let reply = raw
-        .post(list_body(), &[MODERN_LIST, &[("host", "evil.example")]].concat())
+        .post(
+            list_body(),
+            &[MODERN_LIST, &[("host", "evil.example")]].concat(),
+        )
         .await;
     assert_eq!(reply.status, 403, "{reply:?}");
     let reply = raw
-        .post(list_body(), &[MODERN_LIST, &[("origin", "http://localhost:6274")]].concat())
+        .post(
+            list_body(),
+            &[MODERN_LIST, &[("origin", "http://localhost:6274")]].concat(),
+        )
         .await;
     assert_eq!(reply.status, 200, "a loopback origin is allowed: {reply:?}");
     assert!(upstream.stats().http_requests >= 1);
@@ -143,7 +166,11 @@ async fn malformed_requests_are_refused_and_never_forwarded() {
         .await
         .unwrap();
     assert_eq!(reply.status().as_u16(), 406);
-    assert_eq!(upstream.stats().http_requests, 0, "nothing malformed reached the upstream");
+    assert_eq!(
+        upstream.stats().http_requests,
+        0,
+        "nothing malformed reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -151,10 +178,17 @@ async fn the_clients_authorization_is_never_forwarded_and_upstream_headers_are_i
     let (upstream, gateway) = setup().await;
     let raw = Raw::new(&gateway.url("main"), Some(TOKEN));
     let reply = raw
-        .modern(1, "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}))
+        .modern(
+            1,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(upstream.stats().last_header("x-upstream-token").as_deref(), Some("s3cret"));
+    assert_eq!(
+        upstream.stats().last_header("x-upstream-token").as_deref(),
+        Some("s3cret")
+    );
     assert_eq!(upstream.stats().last_header("authorization"), None);
 }
 
@@ -174,7 +208,13 @@ async fn a_session_belongs_to_its_grant_and_a_forged_one_is_unknown() {
     assert_eq!(reply.status, 404, "{reply:?}");
 
     let missing = raw
-        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string(), &[])
+        .post(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).to_string(),
+            &[],
+        )
         .await;
-    assert_eq!(missing.status, 400, "a legacy request without a session: {missing:?}");
+    assert_eq!(
+        missing.status, 400,
+        "a legacy request without a session: {missing:?}"
+    );
 }

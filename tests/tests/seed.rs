@@ -22,15 +22,14 @@ async fn client(url: &str, modern: bool) -> RunningService<RoleClient, ()> {
         StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN),
     );
     if modern {
-        ()
-            .serve_with_lifecycle(
-                transport,
-                ClientLifecycleMode::Discover {
-                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                },
-            )
-            .await
-            .expect("modern client connects")
+        ().serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("modern client connects")
     } else {
         ().serve(transport).await.expect("legacy client connects")
     }
@@ -49,12 +48,17 @@ fn decision_meta(result: &CallToolResult) -> Value {
 
 fn text(result: &CallToolResult) -> String {
     let value = serde_json::to_value(result).unwrap();
-    value["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+    value["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 async fn seed_scenario(modern: bool) {
     init_tracing();
-    info!("--- start an upstream with run-rerun and other tools, and the gateway with the seed policy");
+    info!(
+        "--- start an upstream with run-rerun and other tools, and the gateway with the seed policy"
+    );
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
     let gateway = GatewayBuilder::new()
         .http_upstream("http", &upstream.url)
@@ -79,7 +83,9 @@ async fn seed_scenario(modern: bool) {
     }
     assert_eq!(upstream.stats().calls("run-rerun"), 10);
 
-    info!("--- the eleventh is refused with isError and retry_after, and never reaches the upstream");
+    info!(
+        "--- the eleventh is refused with isError and retry_after, and never reaches the upstream"
+    );
     let refused = client
         .call_tool(call("run-rerun", json!({"run_id": "run-11"})))
         .await
@@ -87,7 +93,8 @@ async fn seed_scenario(modern: bool) {
     assert_eq!(refused.is_error, Some(true));
     let text_refused = text(&refused);
     assert!(
-        text_refused.starts_with("[POLICY DENIED] Rate limit of 10 per minute reached. Try again in "),
+        text_refused
+            .starts_with("[POLICY DENIED] Rate limit of 10 per minute reached. Try again in "),
         "{text_refused}"
     );
     let meta = decision_meta(&refused);
@@ -95,11 +102,19 @@ async fn seed_scenario(modern: bool) {
     assert_eq!(meta["rule_id"], "/tools/run-rerun/limits/run-rerun_rate");
     let retry_after = meta["retry_after"].as_u64().expect("retry_after");
     assert!((1..=60).contains(&retry_after), "{retry_after}");
-    assert!(meta["policy_version"].as_str().unwrap().starts_with("sha256:"));
+    assert!(
+        meta["policy_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     assert_eq!(upstream.stats().calls("run-rerun"), 10);
 
     info!("--- any other tool is refused by default");
-    let denied = client.call_tool(call("echo", json!({"text": "hi"}))).await.unwrap();
+    let denied = client
+        .call_tool(call("echo", json!({"text": "hi"})))
+        .await
+        .unwrap();
     assert_eq!(denied.is_error, Some(true));
     assert_eq!(decision_meta(&denied)["decision"], "default_deny");
     assert_eq!(decision_meta(&denied)["rule_id"], "(default deny)");
@@ -109,7 +124,10 @@ async fn seed_scenario(modern: bool) {
     let unknown = client.call_tool(call("no-such-tool", json!({}))).await;
     let error = format!("{unknown:?}");
     assert!(unknown.is_err(), "{error}");
-    assert!(error.contains("-32602") || error.contains("Unknown tool"), "{error}");
+    assert!(
+        error.contains("-32602") || error.contains("Unknown tool"),
+        "{error}"
+    );
 
     client.cancel().await.unwrap();
     info!("--- the audit file verifies and holds every decision");
@@ -127,7 +145,11 @@ async fn seed_scenario(modern: bool) {
     assert_eq!(decisions("rate_limited"), 1);
     assert_eq!(decisions("default_deny"), 1);
     assert_eq!(decisions("unknown_tool"), 1);
-    assert!(records.iter().all(|r| r["policy_version"].as_str().is_some_and(|v| v.starts_with("sha256:"))));
+    assert!(records.iter().all(|r| {
+        r["policy_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("sha256:"))
+    }));
     upstream.shutdown().await;
 }
 

@@ -133,7 +133,11 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         status: None,
     };
     let (reply, latency) = match ctx
-        .forward(frame.raw().clone(), MessageKind::Request, Some("tools/call"))
+        .forward(
+            frame.raw().clone(),
+            MessageKind::Request,
+            Some("tools/call"),
+        )
         .await
     {
         Ok(reply) => reply,
@@ -266,7 +270,12 @@ fn deny(ctx: &RequestCtx, id: &RequestId, mut record: AuditRecord, denial: &Deni
     let mut meta = Map::new();
     meta.insert("decision".into(), Value::from(decision.as_str()));
     meta.insert("rule_id".into(), Value::from(denial.rule_id.as_ref()));
-    denial_result(ctx, id, &format!("[POLICY DENIED] {}", denial.message), meta)
+    denial_result(
+        ctx,
+        id,
+        &format!("[POLICY DENIED] {}", denial.message),
+        meta,
+    )
 }
 
 fn rate_limited(
@@ -383,12 +392,11 @@ fn settle_stream(stream: SseStream, settlement: Settlement) -> SseStream {
         (stream, settlement),
         |(mut stream, mut settlement)| async move {
             let event = stream.next().await?;
-            if let Ok(event) = &event {
-                if settlement.record.is_some() {
-                    if let Some(outcome) = outcome_of(event.data.as_bytes(), &settlement.id) {
-                        settlement.finish(outcome, None, AuditDecision::Allow);
-                    }
-                }
+            if let Ok(event) = &event
+                && settlement.record.is_some()
+                && let Some(outcome) = outcome_of(event.data.as_bytes(), &settlement.id)
+            {
+                settlement.finish(outcome, None, AuditDecision::Allow);
             }
             Some((event, (stream, settlement)))
         },
@@ -413,11 +421,17 @@ mod tests {
     fn a_jsonrpc_error_returns_the_reservation_and_a_tool_error_keeps_it() {
         let id = json!(7);
         assert_eq!(
-            peek_outcome(br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"x"}}"#, &id),
+            peek_outcome(
+                br#"{"jsonrpc":"2.0","id":7,"error":{"code":-32603,"message":"x"}}"#,
+                &id
+            ),
             Some("not_sent")
         );
         assert_eq!(
-            peek_outcome(br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#, &id),
+            peek_outcome(
+                br#"{"jsonrpc":"2.0","id":7,"result":{"content":[],"isError":true}}"#,
+                &id
+            ),
             Some("completed")
         );
         assert_eq!(
@@ -433,7 +447,10 @@ mod tests {
             "another request's answer settles nothing"
         );
         assert_eq!(
-            peek_outcome(br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#, &id),
+            peek_outcome(
+                br#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
+                &id
+            ),
             None
         );
     }

@@ -87,7 +87,10 @@ pub fn tool_digest(tool: &Value) -> String {
         }
         other => tollgate_policy::canonical_json(other),
     };
-    format!("sha256:{}", hex::encode(Sha256::digest(canonical.as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    )
 }
 
 #[cfg(test)]
@@ -117,9 +120,15 @@ mod tests {
     #[test]
     fn refreshes_for_unknown_tools_are_throttled() {
         let catalog = Catalog::default();
-        assert!(catalog.begin_refresh("x"), "an empty catalog may always be filled");
+        assert!(
+            catalog.begin_refresh("x"),
+            "an empty catalog may always be filled"
+        );
         catalog.replace(&[json!({"name": "a"})]);
-        assert!(!catalog.begin_refresh("x"), "a second refresh within the interval is refused");
+        assert!(
+            !catalog.begin_refresh("x"),
+            "a second refresh within the interval is refused"
+        );
         assert!(!catalog.begin_refresh("a"), "a known tool needs no refresh");
     }
 }

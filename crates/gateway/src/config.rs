@@ -285,7 +285,10 @@ impl fmt::Debug for GrantConfig {
             .field("id", &self.id)
             .field("label", &self.label)
             .field("server", &self.server)
-            .field("policy", &self.policy.as_ref().map(|(id, p)| (id, p.digest())))
+            .field(
+                "policy",
+                &self.policy.as_ref().map(|(id, p)| (id, p.digest())),
+            )
             .finish()
     }
 }
@@ -337,9 +340,8 @@ impl Config {
 
     /// Parses and validates configuration text; `base` is the directory relative paths resolve against.
     pub fn from_toml(text: &str, base: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError::new("", e.message().to_owned())])
-        })?;
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigErrors(vec![ConfigError::new("", e.message().to_owned())]))?;
         let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
@@ -411,7 +413,13 @@ impl Validator<'_> {
         }
     }
 
-    fn addr(&mut self, path: &str, file: Option<String>, env: &str, default: &str) -> Option<SocketAddr> {
+    fn addr(
+        &mut self,
+        path: &str,
+        file: Option<String>,
+        env: &str,
+        default: &str,
+    ) -> Option<SocketAddr> {
         let value = file
             .or_else(|| self.env.var(env))
             .unwrap_or_else(|| default.to_owned());
@@ -426,10 +434,19 @@ impl Validator<'_> {
 
     fn listen(&mut self, raw: RawListen) -> Option<Listen> {
         let data = self.addr("listen.data", raw.data, ENV_DATA_ADDR, DEFAULT_DATA_ADDR);
-        let admin = self.addr("listen.admin", raw.admin, ENV_ADMIN_ADDR, DEFAULT_ADMIN_ADDR);
+        let admin = self.addr(
+            "listen.admin",
+            raw.admin,
+            ENV_ADMIN_ADDR,
+            DEFAULT_ADMIN_ADDR,
+        );
         let public_url = match raw.public_url {
             Some(url) => {
-                if url.parse::<Uri>().map(|u| u.scheme().is_none()).unwrap_or(true) {
+                if url
+                    .parse::<Uri>()
+                    .map(|u| u.scheme().is_none())
+                    .unwrap_or(true)
+                {
                     self.error("listen.public_url", "must be an absolute http(s) URL");
                 }
                 url.trim_end_matches('/').to_owned()
@@ -441,7 +458,10 @@ impl Validator<'_> {
             Some(hosts) => {
                 for (i, host) in hosts.iter().enumerate() {
                     if host.is_empty() || host.contains('/') || host.contains(' ') {
-                        self.error(format!("listen.allowed_hosts[{i}]"), "must be `host` or `host:port`");
+                        self.error(
+                            format!("listen.allowed_hosts[{i}]"),
+                            "must be `host` or `host:port`",
+                        );
                     }
                 }
                 hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()
@@ -459,7 +479,10 @@ impl Validator<'_> {
                         );
                     }
                 }
-                origins.into_iter().map(|o| o.to_ascii_lowercase()).collect()
+                origins
+                    .into_iter()
+                    .map(|o| o.to_ascii_lowercase())
+                    .collect()
             }
             None if loopback => vec![
                 "http://localhost:*".into(),
@@ -518,7 +541,10 @@ impl Validator<'_> {
                 self.error(format!("{path}.id"), "must be 1 to 16 of [A-Za-z0-9_-]");
             }
             if !seen.insert(key.id.clone()) {
-                self.error(format!("{path}.id"), format!("duplicate key id `{}`", key.id));
+                self.error(
+                    format!("{path}.id"),
+                    format!("duplicate key id `{}`", key.id),
+                );
             }
             let secret = match (key.secret, key.secret_env) {
                 (Some(secret), None) => Some((format!("{path}.secret"), secret)),
@@ -573,7 +599,10 @@ impl Validator<'_> {
                 self.error(format!("{path}.name"), "must be 1 to 64 of [A-Za-z0-9._-]");
             }
             if !names.insert(up.name.clone()) {
-                self.error(format!("{path}.name"), format!("duplicate upstream `{}`", up.name));
+                self.error(
+                    format!("{path}.name"),
+                    format!("duplicate upstream `{}`", up.name),
+                );
             }
             let transport = match (up.url, up.command) {
                 (Some(url), None) => {
@@ -584,14 +613,20 @@ impl Validator<'_> {
                             _ => up.idle_timeout_secs.is_some(),
                         };
                         if set {
-                            self.error(format!("{path}.{key}"), "only valid for a stdio upstream (`command`)");
+                            self.error(
+                                format!("{path}.{key}"),
+                                "only valid for a stdio upstream (`command`)",
+                            );
                         }
                     }
                     self.http_transport(&path, &url, up.headers, up.headers_from_env)
                 }
                 (None, Some(command)) => {
                     if !up.headers.is_empty() {
-                        self.error(format!("{path}.headers"), "only valid for an HTTP upstream (`url`)");
+                        self.error(
+                            format!("{path}.headers"),
+                            "only valid for an HTTP upstream (`url`)",
+                        );
                     }
                     if !up.headers_from_env.is_empty() {
                         self.error(
@@ -614,7 +649,10 @@ impl Validator<'_> {
                     })
                 }
                 (Some(_), Some(_)) => {
-                    self.error(path.clone(), "set either `url` (HTTP) or `command` (stdio), not both");
+                    self.error(
+                        path.clone(),
+                        "set either `url` (HTTP) or `command` (stdio), not both",
+                    );
                     None
                 }
                 (None, None) => {
@@ -640,7 +678,9 @@ impl Validator<'_> {
         headers_from_env: BTreeMap<String, String>,
     ) -> Option<Transport> {
         let uri = match url.parse::<Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http")) && uri.host().is_some() => Some(uri),
+            Ok(uri) if matches!(uri.scheme_str(), Some("http")) && uri.host().is_some() => {
+                Some(uri)
+            }
             Ok(uri) if matches!(uri.scheme_str(), Some("https")) => {
                 self.error(
                     format!("{path}.url"),
@@ -649,7 +689,10 @@ impl Validator<'_> {
                 None
             }
             _ => {
-                self.error(format!("{path}.url"), format!("`{url}` is not an absolute http URL"));
+                self.error(
+                    format!("{path}.url"),
+                    format!("`{url}` is not an absolute http URL"),
+                );
                 None
             }
         };
@@ -671,7 +714,10 @@ impl Validator<'_> {
                 continue;
             };
             if is_reserved_header(&header) {
-                self.error(key_path, "this header is set by the gateway and cannot be injected");
+                self.error(
+                    key_path,
+                    "this header is set by the gateway and cannot be injected",
+                );
                 continue;
             }
             match HeaderValue::try_from(value) {
@@ -728,14 +774,17 @@ impl Validator<'_> {
                     }
                 },
                 _ => {
-                    self.error(path.clone(), "set exactly one of `token_sha256` or `token_env`");
+                    self.error(
+                        path.clone(),
+                        "set exactly one of `token_sha256` or `token_env`",
+                    );
                     None
                 }
             };
-            if let Some(hash) = hash {
-                if !hashes.insert(hash) {
-                    self.error(path.clone(), "another grant has the same token");
-                }
+            if let Some(hash) = hash
+                && !hashes.insert(hash)
+            {
+                self.error(path.clone(), "another grant has the same token");
             }
             let policy = match (grant.policy, grant.policy_inline) {
                 (Some(file), None) => {
@@ -759,7 +808,10 @@ impl Validator<'_> {
                     }
                 },
                 (Some(_), Some(_)) => {
-                    self.error(path.clone(), "set at most one of `policy` or `policy_inline`");
+                    self.error(
+                        path.clone(),
+                        "set at most one of `policy` or `policy_inline`",
+                    );
                     None
                 }
                 (None, None) => None,
@@ -846,7 +898,13 @@ fn default_node_id() -> String {
         .filter(|h| !h.is_empty())
         .map(|h| {
             h.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         })
         .unwrap_or_else(|| "tollgate".to_owned())

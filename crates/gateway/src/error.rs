@@ -31,6 +31,19 @@ pub enum Fault {
     Internal,
 }
 
+/// The JSON-RPC error of a 400 answer.
+#[derive(Debug)]
+pub struct BadRequest {
+    /// JSON-RPC error code.
+    pub code: i64,
+    /// Human message.
+    pub message: String,
+    /// Optional `error.data`.
+    pub data: Option<Value>,
+    /// The request id, when it could be read.
+    pub id: Option<RequestId>,
+}
+
 /// A request the data plane refuses or cannot complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -62,17 +75,8 @@ pub enum ProxyError {
         limit: usize,
     },
     /// A malformed request, answered with HTTP 400 and a JSON-RPC error.
-    #[error("{message}")]
-    BadRequest {
-        /// JSON-RPC error code.
-        code: i64,
-        /// Human message.
-        message: String,
-        /// Optional `error.data`.
-        data: Option<Value>,
-        /// The request id, when it could be read.
-        id: Option<RequestId>,
-    },
+    #[error("{}", .0.message)]
+    BadRequest(Box<BadRequest>),
     /// The session id is unknown, expired, or belongs to another grant or server.
     #[error("session not found")]
     SessionNotFound,
@@ -99,12 +103,22 @@ pub enum ProxyError {
 impl ProxyError {
     /// A 400 with a JSON-RPC error.
     pub fn bad_request(code: i64, message: impl Into<String>, id: Option<RequestId>) -> Self {
-        Self::BadRequest {
+        Self::bad_request_with_data(code, message, None, id)
+    }
+
+    /// A 400 with a JSON-RPC error carrying `data`.
+    pub fn bad_request_with_data(
+        code: i64,
+        message: impl Into<String>,
+        data: Option<Value>,
+        id: Option<RequestId>,
+    ) -> Self {
+        Self::BadRequest(Box::new(BadRequest {
             code,
             message: message.into(),
-            data: None,
+            data,
             id,
-        }
+        }))
     }
 
     /// Who is at fault.
@@ -132,7 +146,7 @@ impl ProxyError {
             Self::NotAcceptable(_) => "not_acceptable",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::BadRequest { .. } => "bad_request",
+            Self::BadRequest(_) => "bad_request",
             Self::SessionNotFound => "session_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoSuchServer => "no_such_server",
@@ -151,7 +165,7 @@ impl ProxyError {
             Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::SessionNotFound | Self::NoSuchServer => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
@@ -162,7 +176,7 @@ impl ProxyError {
 
     fn jsonrpc_code(&self) -> i64 {
         match self {
-            Self::BadRequest { code, .. } => *code,
+            Self::BadRequest(bad) => bad.code,
             Self::SessionNotFound => -32001,
             Self::UpstreamUnavailable(_) => UPSTREAM_UNAVAILABLE,
             Self::UpstreamTimeout => UPSTREAM_TIMEOUT,
@@ -175,7 +189,7 @@ impl ProxyError {
     /// The JSON-RPC error body, for the request `id` when known.
     pub fn body(&self, id: Option<&RequestId>) -> Bytes {
         let (id, data) = match self {
-            Self::BadRequest { id: own, data, .. } => (own.as_ref().or(id), data.clone()),
+            Self::BadRequest(bad) => (bad.id.as_ref().or(id), bad.data.clone()),
             _ => (id, None),
         };
         error_response(id, self.jsonrpc_code(), &self.to_string(), data)
@@ -185,7 +199,10 @@ impl ProxyError {
     pub fn response(&self, id: Option<&RequestId>) -> Response {
         let mut response = (
             self.status(),
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             self.body(id),
         )
             .into_response();
@@ -195,7 +212,9 @@ impl ProxyError {
                     "Bearer resource_metadata=\"{resource_metadata}\", error=\"invalid_token\""
                 );
                 if let Ok(value) = HeaderValue::try_from(value) {
-                    response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+                    response
+                        .headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, value);
                 }
             }
             Self::WrongServer { .. } => {
@@ -244,8 +263,13 @@ mod tests {
         }
         .response(None);
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
-        let challenge = response.headers()[header::WWW_AUTHENTICATE].to_str().unwrap_or("");
-        assert!(challenge.starts_with("Bearer resource_metadata=\"http://gw/"), "{challenge}");
+        let challenge = response.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap_or("");
+        assert!(
+            challenge.starts_with("Bearer resource_metadata=\"http://gw/"),
+            "{challenge}"
+        );
     }
 
     #[test]

@@ -95,10 +95,10 @@ impl RunningGateway {
         for server in self.shared.servers.values() {
             server.upstream.shutdown().await;
         }
-        if let Some(audit) = &self.shared.audit {
-            if let Err(error) = audit.flush().await {
-                tracing::error!(%error, "flushing the audit log failed");
-            }
+        if let Some(audit) = &self.shared.audit
+            && let Err(error) = audit.flush().await
+        {
+            tracing::error!(%error, "flushing the audit log failed");
         }
     }
 
@@ -169,12 +169,14 @@ pub async fn start_with(
     quota: Arc<dyn Quota>,
 ) -> Result<RunningGateway, StartError> {
     let audit = match &config.audit_path {
-        Some(path) => Some(AuditLog::open(path).await.map_err(|source| {
-            StartError::Audit {
-                path: path.clone(),
-                source,
-            }
-        })?),
+        Some(path) => Some(
+            AuditLog::open(path)
+                .await
+                .map_err(|source| StartError::Audit {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
         None => None,
     };
     let sealer = SessionSealer::new(config.sessions.keys.clone())?;

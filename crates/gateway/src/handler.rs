@@ -23,24 +23,30 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
+use http::header::{
+    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN,
+};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use serde_json::{Value, json};
-use tracing::{Instrument as _, Span, field};
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tollgate_mcp::era::{self, Era};
-use tollgate_mcp::headers::{self as mcp_headers, MCP_PROTOCOL_VERSION as PROTOCOL_VERSION, MCP_SESSION_ID as SESSION_ID};
+use tollgate_mcp::headers::{
+    self as mcp_headers, MCP_PROTOCOL_VERSION as PROTOCOL_VERSION, MCP_SESSION_ID as SESSION_ID,
+};
 use tollgate_mcp::jsonrpc::{Frame, FrameError, RequestId, codes};
 use tollgate_mcp::session::SessionClaims;
 use tollgate_mcp::sse::SseEvent;
 use tollgate_telemetry::semconv;
+use tracing::{Instrument as _, Span, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::audit::{AuditRecord, Decision as AuditDecision, session_hash};
 use crate::eras::ModernSupport;
 use crate::error::ProxyError;
 use crate::gateway::{Grant, Server, Shared};
-use crate::upstream::{MessageKind, OutboundRequest, ReplyBody, SessionRef, SseStream, UpstreamReply};
+use crate::upstream::{
+    MessageKind, OutboundRequest, ReplyBody, SessionRef, SseStream, UpstreamReply,
+};
 
 /// Everything a request handler needs once the caller is admitted.
 pub(crate) struct RequestCtx {
@@ -91,7 +97,8 @@ impl RequestCtx {
         kind: MessageKind,
         method: Option<&str>,
     ) -> Result<(UpstreamReply, f64), ProxyError> {
-        self.forward_with(body, kind, method, self.forward.clone()).await
+        self.forward_with(body, kind, method, self.forward.clone())
+            .await
     }
 
     /// Forwards one message upstream with explicit headers.
@@ -117,7 +124,10 @@ impl RequestCtx {
             .await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
-            Ok(_) => self.shared.metrics.observe_upstream(&self.server.name, seconds),
+            Ok(_) => self
+                .shared
+                .metrics
+                .observe_upstream(&self.server.name, seconds),
             Err(error) => self
                 .shared
                 .metrics
@@ -194,10 +204,7 @@ fn admit(
             server: server.to_owned(),
         });
     }
-    let server = shared
-        .servers
-        .get(server)
-        .ok_or(ProxyError::NoSuchServer)?;
+    let server = shared.servers.get(server).ok_or(ProxyError::NoSuchServer)?;
     Ok((grant.clone(), server.clone()))
 }
 
@@ -234,7 +241,9 @@ pub(crate) fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<()
                 || origin
                     .strip_prefix(prefix)
                     .and_then(|rest| rest.strip_prefix(':'))
-                    .is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+                    .is_some_and(|port| {
+                        !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                    })
         } else {
             *pattern == origin
         }
@@ -346,23 +355,24 @@ fn open_session(
         .get(SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
-            ProxyError::bad_request(codes::INVALID_REQUEST, "missing Mcp-Session-Id header", None)
+            ProxyError::bad_request(
+                codes::INVALID_REQUEST,
+                "missing Mcp-Session-Id header",
+                None,
+            )
         })?;
-    let claims = shared
-        .sealer
-        .open(sealed, now_unix())
-        .map_err(|error| {
-            tracing::debug!(%error, "session id refused");
-            ProxyError::SessionNotFound
-        })?;
+    let claims = shared.sealer.open(sealed, now_unix()).map_err(|error| {
+        tracing::debug!(%error, "session id refused");
+        ProxyError::SessionNotFound
+    })?;
     if claims.server != server.name || claims.grant != grant.id {
         return Err(ProxyError::SessionNotFound);
     }
-    if let Some(node) = &claims.node {
-        if *node != shared.config.node_id {
-            // A stdio session lives in one node's child process: another node cannot serve it.
-            return Err(ProxyError::SessionNotFound);
-        }
+    if let Some(node) = &claims.node
+        && *node != shared.config.node_id
+    {
+        // A stdio session lives in one node's child process: another node cannot serve it.
+        return Err(ProxyError::SessionNotFound);
     }
     Ok((
         SessionRef {
@@ -379,12 +389,21 @@ fn accepts(headers: &HeaderMap, json: bool, sse: bool) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .collect();
     let has = |want: &str| {
-        values
-            .iter()
-            .any(|v| v == want || v == "*/*" || (v == "application/*" && want.starts_with("application/")) || (v == "text/*" && want.starts_with("text/")))
+        values.iter().any(|v| {
+            v == want
+                || v == "*/*"
+                || (v == "application/*" && want.starts_with("application/"))
+                || (v == "text/*" && want.starts_with("text/"))
+        })
     };
     (!json || has("application/json")) && (!sse || has("text/event-stream"))
 }
@@ -394,10 +413,9 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
+        && length > limit
     {
-        if length > limit {
-            return Err(ProxyError::PayloadTooLarge { limit });
-        }
+        return Err(ProxyError::PayloadTooLarge { limit });
     }
     Limited::new(body, limit)
         .collect()
@@ -424,16 +442,24 @@ async fn post_mcp(
     body: Body,
 ) -> Response {
     let span = request_span(&server_name, &headers);
-    let response = handle_post(shared.clone(), server_name.clone(), headers, body, span.clone())
-        .instrument(span.clone())
-        .await;
+    let response = handle_post(
+        shared.clone(),
+        server_name.clone(),
+        headers,
+        body,
+        span.clone(),
+    )
+    .instrument(span.clone())
+    .await;
     match response {
         Ok(response) => response,
         Err((error, id, method)) => {
             span.record(semconv::TOLLGATE_DECISION, error.kind());
-            shared
-                .metrics
-                .count_request(&server_name, method.as_deref().unwrap_or("-"), error.kind());
+            shared.metrics.count_request(
+                &server_name,
+                method.as_deref().unwrap_or("-"),
+                error.kind(),
+            );
             if error.fault() != crate::error::Fault::Client {
                 tracing::warn!(parent: &span, %error, "request failed");
             }
@@ -457,7 +483,13 @@ async fn handle_post(
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
     if content_type.as_deref() != Some("application/json") {
         return Err(plain(ProxyError::UnsupportedMediaType));
     }
@@ -474,7 +506,14 @@ async fn handle_post(
     let method = frame.method().map(str::to_owned);
     let fail = |e: ProxyError| (e, id.clone(), method.clone());
     let era = era::detect_era(frame.message());
-    span.record(semconv::MCP_ERA, if era == Era::Modern { "modern" } else { "legacy" });
+    span.record(
+        semconv::MCP_ERA,
+        if era == Era::Modern {
+            "modern"
+        } else {
+            "legacy"
+        },
+    );
     if let Some(method) = &method {
         span.record(semconv::MCP_METHOD, method.as_str());
         let name = match frame.tool_name() {
@@ -489,10 +528,7 @@ async fn handle_post(
     if let Some(id) = &id {
         span.record(semconv::MCP_REQUEST_ID, field::display(id_text(id)));
     }
-    span.record(
-        semconv::TOLLGATE_POLICY_VERSION,
-        grant.policy.digest(),
-    );
+    span.record(semconv::TOLLGATE_POLICY_VERSION, grant.policy.digest());
 
     let mut ctx = RequestCtx {
         forward: forward_headers(&headers, &span),
@@ -509,12 +545,12 @@ async fn handle_post(
     match era {
         Era::Modern => {
             if let Err(error) = mcp_headers::check_modern_headers(&headers, &frame) {
-                return Err(fail(ProxyError::BadRequest {
-                    code: error.code(),
-                    message: error.message().to_owned(),
-                    data: error.data(),
-                    id: id.clone(),
-                }));
+                return Err(fail(ProxyError::bad_request_with_data(
+                    error.code(),
+                    error.message(),
+                    error.data(),
+                    id.clone(),
+                )));
             }
             if modern_support(&ctx, &frame).await == ModernSupport::No {
                 return Err(fail(legacy_fallback(id.clone())));
@@ -531,12 +567,12 @@ async fn handle_post(
             ctx.session = Some(session);
             ctx.session_tag = Some(tag);
             if let Err(error) = mcp_headers::check_legacy_protocol_header(&headers) {
-                return Err(fail(ProxyError::BadRequest {
-                    code: error.code(),
-                    message: error.message().to_owned(),
-                    data: error.data(),
-                    id: id.clone(),
-                }));
+                return Err(fail(ProxyError::bad_request_with_data(
+                    error.code(),
+                    error.message(),
+                    error.data(),
+                    id.clone(),
+                )));
             }
         }
     }
@@ -544,7 +580,11 @@ async fn handle_post(
     if !frame.is_request() {
         // Notifications and the client's answers to server requests: forward, answer as upstream did.
         let (reply, _) = ctx
-            .forward(frame.raw().clone(), MessageKind::NoAnswer, method.as_deref())
+            .forward(
+                frame.raw().clone(),
+                MessageKind::NoAnswer,
+                method.as_deref(),
+            )
             .await
             .map_err(fail)?;
         shared.metrics.count_request(
@@ -569,14 +609,12 @@ fn id_text(id: &RequestId) -> String {
 /// The answer to a modern request for an upstream that only speaks the legacy era: what a legacy
 /// Streamable HTTP server answers, so that a dual-era client falls back to `initialize`.
 fn legacy_fallback(id: Option<RequestId>) -> ProxyError {
-    ProxyError::BadRequest {
-        code: -32000,
-        message: "Bad Request: Server not initialized (this upstream speaks only the \
-                  initialize-based protocol versions)"
-            .to_owned(),
-        data: None,
+    ProxyError::bad_request(
+        -32000,
+        "Bad Request: Server not initialized (this upstream speaks only the \
+         initialize-based protocol versions)",
         id,
-    }
+    )
 }
 
 /// Whether the upstream speaks the modern era; asks it once and caches the answer.
@@ -604,7 +642,11 @@ async fn modern_support(ctx: &RequestCtx, frame: &Frame) -> ModernSupport {
                         .filter_map(Value::as_str)
                         .any(era::is_modern_version)
                 });
-            if modern { ModernSupport::Yes } else { ModernSupport::No }
+            if modern {
+                ModernSupport::Yes
+            } else {
+                ModernSupport::No
+            }
         }
         Err(InternalError::Answered) => ModernSupport::No,
         Err(InternalError::Proxy(error)) => {
@@ -672,11 +714,11 @@ pub(crate) async fn internal_request(
             let mut found = None;
             while let Some(event) = stream.next().await {
                 let Ok(event) = event else { break };
-                if let Ok(value) = serde_json::from_str::<Value>(&event.data) {
-                    if value.get("id") == Some(&id) {
-                        found = Some(value);
-                        break;
-                    }
+                if let Ok(value) = serde_json::from_str::<Value>(&event.data)
+                    && value.get("id") == Some(&id)
+                {
+                    found = Some(value);
+                    break;
                 }
             }
             found
@@ -703,7 +745,11 @@ async fn initialize_session(ctx: &RequestCtx, frame: Frame) -> Result<Response, 
         .unwrap_or(era::LATEST_LEGACY)
         .to_owned();
     let (reply, latency) = ctx
-        .forward(frame.raw().clone(), MessageKind::Request, Some("initialize"))
+        .forward(
+            frame.raw().clone(),
+            MessageKind::Request,
+            Some("initialize"),
+        )
         .await?;
     let mut record = ctx.audit_record("initialize", None);
     record.upstream_status = Some(reply.status.as_u16());
@@ -807,16 +853,16 @@ pub(crate) fn sse_response(stream: SseStream) -> Response {
 fn watch_stream(ctx: &RequestCtx, stream: SseStream) -> SseStream {
     let server = ctx.server.clone();
     Box::pin(stream.inspect(move |event| {
-        if let Ok(event) = event {
-            if event.data.contains("notifications/tools/list_changed") {
-                let changed = serde_json::from_str::<Value>(&event.data)
-                    .ok()
-                    .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
-                    .is_some_and(|m| m == "notifications/tools/list_changed");
-                if changed {
-                    tracing::debug!(server = %server.name, "upstream tool list changed");
-                    server.catalog.invalidate();
-                }
+        if let Ok(event) = event
+            && event.data.contains("notifications/tools/list_changed")
+        {
+            let changed = serde_json::from_str::<Value>(&event.data)
+                .ok()
+                .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
+                .is_some_and(|m| m == "notifications/tools/list_changed");
+            if changed {
+                tracing::debug!(server = %server.name, "upstream tool list changed");
+                server.catalog.invalidate();
             }
         }
     }))
@@ -841,7 +887,10 @@ async fn get_mcp(
         let (session, tag) = open_session(&shared, &grant, &server, &headers)?;
         span.record(semconv::MCP_SESSION, tag.as_str());
         let forward = forward_headers(&headers, &span);
-        let reply = server.upstream.get_stream(&session, forward.clone()).await?;
+        let reply = server
+            .upstream
+            .get_stream(&session, forward.clone())
+            .await?;
         let ctx = RequestCtx {
             shared: shared.clone(),
             server,
@@ -890,7 +939,9 @@ async fn delete_mcp(
         Ok(_) => "upstream_error",
         Err(e) => e.kind(),
     };
-    shared.metrics.count_request(&server_name, "DELETE", outcome);
+    shared
+        .metrics
+        .count_request(&server_name, "DELETE", outcome);
     result.unwrap_or_else(|e| e.response(None))
 }
 
@@ -901,14 +952,21 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
-            map.append(*k, HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")));
+            map.append(
+                *k,
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+            );
         }
         map
     }
 
     #[test]
     fn loopback_hosts_are_accepted_with_any_port_and_foreign_ones_refused() {
-        let allowed = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "[::1]".to_owned()];
+        let allowed = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "[::1]".to_owned(),
+        ];
         assert!(check_host(&allowed, &headers(&[("host", "127.0.0.1:8080")])).is_ok());
         assert!(check_host(&allowed, &headers(&[("host", "[::1]:9")])).is_ok());
         assert!(check_host(&allowed, &headers(&[("host", "evil.example:8080")])).is_err());
@@ -918,11 +976,16 @@ mod tests {
 
     #[test]
     fn a_present_origin_must_match_and_an_absent_one_passes() {
-        let allowed = vec!["http://localhost:*".to_owned(), "https://app.example".to_owned()];
+        let allowed = vec![
+            "http://localhost:*".to_owned(),
+            "https://app.example".to_owned(),
+        ];
         assert!(check_origin(&allowed, &headers(&[])).is_ok());
         assert!(check_origin(&allowed, &headers(&[("origin", "http://localhost:6274")])).is_ok());
         assert!(check_origin(&allowed, &headers(&[("origin", "https://app.example")])).is_ok());
-        assert!(check_origin(&allowed, &headers(&[("origin", "http://localhost.evil:1")])).is_err());
+        assert!(
+            check_origin(&allowed, &headers(&[("origin", "http://localhost.evil:1")])).is_err()
+        );
         assert!(check_origin(&allowed, &headers(&[("origin", "http://evil.example")])).is_err());
     }
 
@@ -937,14 +1000,28 @@ mod tests {
         let out = forward_headers(&client, &Span::none());
         assert!(out.get(AUTHORIZATION).is_none());
         assert!(out.get("cookie").is_none());
-        assert_eq!(out.get("mcp-protocol-version").map(|v| v.as_bytes()), Some(&b"2025-11-25"[..]));
-        assert_eq!(out.get("mcp-param-region").map(|v| v.as_bytes()), Some(&b"eu"[..]));
+        assert_eq!(
+            out.get("mcp-protocol-version").map(|v| v.as_bytes()),
+            Some(&b"2025-11-25"[..])
+        );
+        assert_eq!(
+            out.get("mcp-param-region").map(|v| v.as_bytes()),
+            Some(&b"eu"[..])
+        );
     }
 
     #[test]
     fn accept_needs_both_json_and_sse_for_post() {
-        assert!(accepts(&headers(&[("accept", "application/json, text/event-stream")]), true, true));
-        assert!(!accepts(&headers(&[("accept", "application/json")]), true, true));
+        assert!(accepts(
+            &headers(&[("accept", "application/json, text/event-stream")]),
+            true,
+            true
+        ));
+        assert!(!accepts(
+            &headers(&[("accept", "application/json")]),
+            true,
+            true
+        ));
         assert!(accepts(&headers(&[("accept", "*/*")]), true, true));
     }
 }

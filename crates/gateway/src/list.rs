@@ -15,7 +15,9 @@ use tollgate_mcp::sse::SseEvent;
 use tollgate_telemetry::semconv;
 
 use crate::error::ProxyError;
-use crate::handler::{InternalError, RequestCtx, internal_request, json_response, reply_response, sse_response};
+use crate::handler::{
+    InternalError, RequestCtx, internal_request, json_response, reply_response, sse_response,
+};
 use crate::upstream::{MessageKind, ReplyBody};
 
 /// The most pages the gateway follows for one list.
@@ -26,7 +28,11 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         .id()
         .cloned()
         .ok_or_else(|| ProxyError::Internal("request without id".into()))?;
-    if frame.params().and_then(|p| p.get("cursor")).is_some_and(|c| !c.is_null()) {
+    if frame
+        .params()
+        .and_then(|p| p.get("cursor"))
+        .is_some_and(|c| !c.is_null())
+    {
         return Err(ProxyError::bad_request(
             codes::INVALID_PARAMS,
             "invalid cursor",
@@ -34,7 +40,11 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         ));
     }
     let (reply, latency) = ctx
-        .forward(frame.raw().clone(), MessageKind::Request, Some("tools/list"))
+        .forward(
+            frame.raw().clone(),
+            MessageKind::Request,
+            Some("tools/list"),
+        )
         .await?;
     let status = reply.status;
     let id_value = id.to_value();
@@ -48,7 +58,9 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
             while let Some(event) = stream.next().await {
                 let event = event?;
                 match serde_json::from_str::<Value>(&event.data) {
-                    Ok(value) if value.get("id") == Some(&id_value) && value.get("method").is_none() => {
+                    Ok(value)
+                        if value.get("id") == Some(&id_value) && value.get("method").is_none() =>
+                    {
                         found = Some(value);
                         answer_event = Some(event);
                         break;
@@ -96,12 +108,14 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
             tracing::warn!(server = %ctx.server.name, "tools/list has more than {MAX_PAGES} pages; truncated");
             break;
         }
-        let page = fetch_page(ctx, &frame, Some(next)).await.map_err(|e| match e {
-            InternalError::Proxy(error) => error,
-            InternalError::Answered => {
-                ProxyError::UpstreamProtocol("upstream refused a tools/list page".into())
-            }
-        })?;
+        let page = fetch_page(ctx, &frame, Some(next))
+            .await
+            .map_err(|e| match e {
+                InternalError::Proxy(error) => error,
+                InternalError::Answered => {
+                    ProxyError::UpstreamProtocol("upstream refused a tools/list page".into())
+                }
+            })?;
         pages += 1;
         if let Some(Value::Array(more)) = page.get("tools") {
             tools.extend(more.iter().cloned());
@@ -155,7 +169,10 @@ fn finish(
 }
 
 /// Every tool the upstream lists, fetched by the gateway itself on the client's path.
-pub(crate) async fn fetch_all(ctx: &RequestCtx, frame: &Frame) -> Result<Vec<Value>, InternalError> {
+pub(crate) async fn fetch_all(
+    ctx: &RequestCtx,
+    frame: &Frame,
+) -> Result<Vec<Value>, InternalError> {
     let mut tools = Vec::new();
     let mut cursor = None;
     for _ in 0..MAX_PAGES {
@@ -199,5 +216,11 @@ async fn fetch_page(
     } else {
         None
     };
-    internal_request(ctx, "tools/list", Value::Object(params), modern_version.as_deref()).await
+    internal_request(
+        ctx,
+        "tools/list",
+        Value::Object(params),
+        modern_version.as_deref(),
+    )
+    .await
 }

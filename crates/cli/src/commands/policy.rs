@@ -31,7 +31,11 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                         Ok(policy) => println!("{}: {}", file.display(), policy.summary()),
                         Err(errors) => {
                             ok = false;
-                            eprintln!("{}: invalid policy ({} errors)", file.display(), errors.0.len());
+                            eprintln!(
+                                "{}: invalid policy ({} errors)",
+                                file.display(),
+                                errors.0.len()
+                            );
                             for error in errors.iter() {
                                 eprintln!("  {error}");
                             }
@@ -39,7 +43,11 @@ pub fn run(command: PolicyCommand) -> ExitCode {
                     },
                 }
             }
-            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

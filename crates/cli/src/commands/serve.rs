@@ -35,8 +35,8 @@ enum Format {
 pub const DEFAULT_POLICY: &str = r#"{"version":"1","default":"allow","all_tools":{"limits":[{"counter":"all_calls","window":"minute","max":120,"scope":"grant"}]}}"#;
 
 fn embedded_config() -> Result<(Config, Option<String>), String> {
-    let command = std::env::var("TOLLGATE_DEFAULT_UPSTREAM")
-        .unwrap_or_else(|_| "mcp-server-time".to_owned());
+    let command =
+        std::env::var("TOLLGATE_DEFAULT_UPSTREAM").unwrap_or_else(|_| "mcp-server-time".to_owned());
     let mut parts = command.split_whitespace();
     let program = parts.next().unwrap_or("mcp-server-time").to_owned();
     let args: Vec<String> = parts.map(str::to_owned).collect();
@@ -51,6 +51,13 @@ fn embedded_config() -> Result<(Config, Option<String>), String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let args = format!(
+        "[{}]",
+        args.iter()
+            .map(|a| toml_string(a))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let text = format!(
         r#"
 [[upstreams]]
@@ -65,10 +72,6 @@ server = "time"
 policy_inline = {policy}
 "#,
         program = toml_string(&program),
-        args = format!(
-            "[{}]",
-            args.iter().map(|a| toml_string(a)).collect::<Vec<_>>().join(", ")
-        ),
         policy = toml_string(DEFAULT_POLICY),
     );
     let config = Config::from_toml(&text, std::path::Path::new("."), &ProcessEnv)

@@ -117,8 +117,15 @@ fn a_bad_policy_file_names_the_grant_and_every_json_pointer() {
     let errors = Config::from_toml(&text, dir.path(), &env(&[])).unwrap_err();
     assert_eq!(paths(&errors), vec!["grants[0].policy"]);
     let message = &errors.0[0].message;
-    for pointer in ["/default", "/tools/x/limits/0/window", "/tools/x/limits/0/max"] {
-        assert!(message.contains(pointer), "{pointer} missing from {message}");
+    for pointer in [
+        "/default",
+        "/tools/x/limits/0/window",
+        "/tools/x/limits/0/max",
+    ] {
+        assert!(
+            message.contains(pointer),
+            "{pointer} missing from {message}"
+        );
     }
 }
 
@@ -144,7 +151,10 @@ fn a_token_from_the_environment_is_hashed_and_a_missing_variable_is_an_error() {
         &env(&[("MY_TOKEN", "0123456789abcdef-token")]),
     )
     .unwrap();
-    assert_eq!(config.grants[0].token_hash, token_hash("0123456789abcdef-token"));
+    assert_eq!(
+        config.grants[0].token_hash,
+        token_hash("0123456789abcdef-token")
+    );
     let errors = parse(&text).unwrap_err();
     assert_eq!(paths(&errors), vec!["grants[0].token_env"]);
 }
@@ -156,7 +166,10 @@ fn the_file_wins_over_the_environment_which_wins_over_the_default() {
     let from_env = Config::from_toml(
         MINIMAL,
         Path::new("."),
-        &env(&[(ENV_DATA_ADDR, "127.0.0.1:7000"), (ENV_AUDIT_PATH, "/tmp/a.jsonl")]),
+        &env(&[
+            (ENV_DATA_ADDR, "127.0.0.1:7000"),
+            (ENV_AUDIT_PATH, "/tmp/a.jsonl"),
+        ]),
     )
     .unwrap();
     assert_eq!(from_env.listen.data, "127.0.0.1:7000".parse().unwrap());
@@ -181,8 +194,10 @@ fn session_keys_accept_base64_and_hex_and_reject_short_keys() {
     let config = parse(&text).unwrap();
     assert_eq!(config.sessions.keys[0], ("new".to_owned(), [0x11; 32]));
     assert_eq!(config.sessions.keys[1], ("old".to_owned(), [2; 32]));
-    let errors =
-        parse(&format!("{MINIMAL}\n[[sessions.keys]]\nid = \"k\"\nsecret = \"c2hvcnQ=\"\n")).unwrap_err();
+    let errors = parse(&format!(
+        "{MINIMAL}\n[[sessions.keys]]\nid = \"k\"\nsecret = \"c2hvcnQ=\"\n"
+    ))
+    .unwrap_err();
     assert_eq!(paths(&errors), vec!["sessions.keys[0].secret"]);
     assert!(parse(MINIMAL).unwrap().sessions.ephemeral);
 }
@@ -199,7 +214,12 @@ fn injected_headers_may_not_override_protocol_headers() {
 #[test]
 fn loopback_listeners_get_dns_rebinding_protection_by_default() {
     let config = parse(MINIMAL).unwrap();
-    assert!(config.listen.allowed_hosts.contains(&"localhost".to_owned()));
+    assert!(
+        config
+            .listen
+            .allowed_hosts
+            .contains(&"localhost".to_owned())
+    );
     assert!(!config.listen.allowed_origins.is_empty());
     let open = parse(&format!("[listen]\ndata = \"0.0.0.0:8080\"\n{MINIMAL}")).unwrap();
     assert!(open.listen.allowed_hosts.is_empty());

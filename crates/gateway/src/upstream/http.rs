@@ -90,7 +90,10 @@ impl HttpUpstream {
         Ok(request)
     }
 
-    async fn send(&self, request: Request<Full<Bytes>>) -> Result<http::Response<Incoming>, ProxyError> {
+    async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(error)) => {
@@ -148,7 +151,13 @@ impl HttpUpstream {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default();
         let body = response.into_body();
         let body = match content_type.as_str() {
@@ -195,7 +204,9 @@ fn sse_stream(body: Incoming) -> SseStream {
                     Ok(None) => {}
                     Err(error) => {
                         return Some((
-                            Err(ProxyError::UpstreamProtocol(format!("bad event stream: {error}"))),
+                            Err(ProxyError::UpstreamProtocol(format!(
+                                "bad event stream: {error}"
+                            ))),
                             (body, decoder, true),
                         ));
                     }
@@ -208,7 +219,9 @@ fn sse_stream(body: Incoming) -> SseStream {
                     }
                     Some(Err(error)) => {
                         return Some((
-                            Err(ProxyError::UpstreamUnavailable(format!("stream broke: {error}"))),
+                            Err(ProxyError::UpstreamUnavailable(format!(
+                                "stream broke: {error}"
+                            ))),
                             (body, decoder, true),
                         ));
                     }

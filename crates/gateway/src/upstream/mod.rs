@@ -16,9 +16,9 @@ pub mod stdio;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use ::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
-use ::http::{HeaderMap, StatusCode};
 use tollgate_mcp::sse::SseEvent;
 
 use crate::config::{Transport, UpstreamConfig};
@@ -95,6 +95,8 @@ pub struct OutboundRequest<'a> {
 }
 
 /// A configured upstream server.
+// One value per configured server, built once and never moved: the size difference is harmless.
+#[allow(clippy::large_enum_variant)]
 pub enum Upstream {
     /// Streamable HTTP.
     Http(HttpUpstream),

@@ -455,10 +455,9 @@ impl Channel {
         let message = Bytes::copy_from_slice(line);
         if let Some(tx) = &state.get_stream {
             match tx.try_send(message) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::warn!(server = %self.server(), "GET stream reader too slow; server message dropped");
-                    return;
                 }
                 Err(mpsc::error::TrySendError::Closed(message)) => {
                     state.get_stream = None;
