@@ -44,6 +44,7 @@ pub struct GatewayBuilder {
     upstreams: Vec<(String, UpstreamSpec)>,
     grants: Vec<GrantSpec>,
     session_keys: Vec<(String, [u8; 32])>,
+    node_id: String,
     extra: String,
     dir: tempfile::TempDir,
 }
@@ -60,6 +61,7 @@ impl GatewayBuilder {
             upstreams: Vec::new(),
             grants: Vec::new(),
             session_keys: vec![("k1".to_owned(), [7u8; 32])],
+            node_id: "test-node".to_owned(),
             extra: String::new(),
             dir: tempfile::tempdir().expect("temp dir"),
         }
@@ -121,6 +123,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// This node's id (node-local sessions are bound to it).
+    pub fn node_id(mut self, id: &str) -> Self {
+        self.node_id = id.to_owned();
+        self
+    }
+
     /// Raw TOML appended to the generated file (e.g. a `[limits]` table).
     pub fn extra_toml(mut self, text: &str) -> Self {
         self.extra.push_str(text);
@@ -132,7 +140,7 @@ impl GatewayBuilder {
     pub fn toml(&self) -> anyhow::Result<String> {
         let q = |s: &str| serde_json::Value::from(s).to_string();
         let mut text = String::new();
-        text.push_str("node_id = \"test-node\"\n");
+        text.push_str(&format!("node_id = {}\n", q(&self.node_id)));
         text.push_str(&self.extra);
         text.push_str("[listen]\ndata = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n");
         text.push_str("[audit]\npath = \"audit.jsonl\"\n\n");
