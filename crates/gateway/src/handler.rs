@@ -442,6 +442,8 @@ async fn post_mcp(
     body: Body,
 ) -> Response {
     let span = request_span(&server_name, &headers);
+    // Not instrumented as a whole: the OpenTelemetry span starts when first entered, and its name
+    // (`tools/call run-rerun`) is only known once the body is parsed.
     let response = handle_post(
         shared.clone(),
         server_name.clone(),
@@ -449,7 +451,6 @@ async fn post_mcp(
         body,
         span.clone(),
     )
-    .instrument(span.clone())
     .await;
     match response {
         Ok(response) => response,
@@ -529,7 +530,23 @@ async fn handle_post(
         span.record(semconv::MCP_REQUEST_ID, field::display(id_text(id)));
     }
     span.record(semconv::TOLLGATE_POLICY_VERSION, grant.policy.digest());
+    dispatch(shared, headers, frame, grant, server, era, span.clone())
+        .instrument(span)
+        .await
+        .map_err(fail)
+}
 
+async fn dispatch(
+    shared: Arc<Shared>,
+    headers: HeaderMap,
+    frame: Frame,
+    grant: Arc<Grant>,
+    server: Arc<Server>,
+    era: Era,
+    span: Span,
+) -> Result<Response, ProxyError> {
+    let id = frame.id().cloned();
+    let method = frame.method().map(str::to_owned);
     let mut ctx = RequestCtx {
         forward: forward_headers(&headers, &span),
         shared: shared.clone(),
@@ -544,35 +561,33 @@ async fn handle_post(
 
     match era {
         Era::Modern => {
+            // The upstream's era first: for a legacy-only upstream every modern request gets the
+            // fallback signal, whatever else is wrong with it, exactly as the upstream itself
+            // would answer; the gateway never claims an era (not even in a -32022 list) that its
+            // upstream cannot serve.
             if let Err(error) = mcp_headers::check_modern_headers(&headers, &frame) {
-                return Err(fail(ProxyError::bad_request_with_data(
-                    error.code(),
-                    error.message(),
-                    error.data(),
-                    id.clone(),
-                )));
+                return Err(ProxyError::bad_request_with_data(error.code(), error.message(), error.data(), id.clone()));
             }
             if modern_support(&ctx, &frame).await == ModernSupport::No {
-                return Err(fail(legacy_fallback(id.clone())));
+                return Err(legacy_fallback(id.clone()));
             }
         }
         Era::Legacy => {
             let initialize = frame.is_request() && method.as_deref() == Some("initialize");
             if initialize {
-                return initialize_session(&ctx, frame).await.map_err(fail);
+                return initialize_session(&ctx, frame).await;
             }
-            let (session, tag) =
-                open_session(&shared, &ctx.grant, &ctx.server, &headers).map_err(fail)?;
+            let (session, tag) = open_session(&shared, &ctx.grant, &ctx.server, &headers)?;
             span.record(semconv::MCP_SESSION, tag.as_str());
             ctx.session = Some(session);
             ctx.session_tag = Some(tag);
             if let Err(error) = mcp_headers::check_legacy_protocol_header(&headers) {
-                return Err(fail(ProxyError::bad_request_with_data(
+                return Err(ProxyError::bad_request_with_data(
                     error.code(),
                     error.message(),
                     error.data(),
                     id.clone(),
-                )));
+                ));
             }
         }
     }
@@ -585,8 +600,7 @@ async fn handle_post(
                 MessageKind::NoAnswer,
                 method.as_deref(),
             )
-            .await
-            .map_err(fail)?;
+            .await?;
         shared.metrics.count_request(
             &ctx.server.name,
             method.as_deref().unwrap_or("response"),
@@ -599,11 +613,65 @@ async fn handle_post(
         Some("tools/list") => crate::list::handle(&ctx, frame).await,
         _ => pass_through(&ctx, frame).await,
     };
-    response.map_err(fail)
+    response
 }
 
 fn id_text(id: &RequestId) -> String {
     id.to_value().to_string()
+}
+
+/// The era of one POST. Modern when `_meta` carries a protocol version, and also, outside a
+/// session, when the `MCP-Protocol-Version` header names a revision that is not a legacy one: such
+/// a request is a modern request with a bad `_meta`, to be answered as the modern era says
+/// (-32602), not a legacy request without its session (as the MCP SDKs and the testkit route it).
+fn request_era(frame: &Frame, headers: &HeaderMap) -> Era {
+    let era = era::detect_era(frame.message());
+    if era == Era::Legacy
+        && frame.is_request()
+        && !headers.contains_key(SESSION_ID)
+        && headers
+            .get(PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !era::is_legacy_version(v))
+    {
+        return Era::Modern;
+    }
+    era
+}
+
+/// The modern header and `_meta` checks of [`mcp_headers::check_modern_headers`], with two
+/// refinements the MCP SDKs and the conformance suite agree on:
+/// - an `MCP-Protocol-Version` header that differs from the `_meta` version is a mismatch
+///   (-32020), even when the `_meta` version is one we do not know;
+/// - a -32022 lists only the modern revisions as `supported`: the versions a modern request can
+///   name, which are the ones `server/discover` reports.
+fn modern_request_error(headers: &HeaderMap, frame: &Frame) -> Option<ProxyError> {
+    let id = frame.id().cloned();
+    if let (Some(body), Some(header)) = (
+        era::meta_protocol_version(frame.message()),
+        headers.get(PROTOCOL_VERSION),
+    ) && header.as_bytes() != body.as_bytes()
+    {
+        let error = mcp_headers::HeaderCheckError::Mismatch {
+            header: "MCP-Protocol-Version",
+            header_value: String::from_utf8_lossy(header.as_bytes()).into_owned(),
+            body_value: body.to_owned(),
+        };
+        return Some(ProxyError::bad_request(error.code(), error.message(), id));
+    }
+    let error = mcp_headers::check_modern_headers(headers, frame).err()?;
+    let data = match &error {
+        mcp_headers::HeaderCheckError::UnsupportedVersion { requested, .. } => {
+            Some(json!({ "supported": era::MODERN_VERSIONS, "requested": requested }))
+        }
+        _ => error.data(),
+    };
+    Some(ProxyError::bad_request_with_data(
+        error.code(),
+        error.message(),
+        data,
+        id,
+    ))
 }
 
 /// The answer to a modern request for an upstream that only speaks the legacy era: what a legacy
@@ -622,6 +690,8 @@ async fn modern_support(ctx: &RequestCtx, frame: &Frame) -> ModernSupport {
     if let Some(known) = ctx.server.eras.cached() {
         return known;
     }
+    // Probe at the client's version only when it is one we speak: a probe at an unknown version
+    // would be refused and cached as "not modern".
     let version = era::meta_protocol_version(frame.message())
         .unwrap_or(era::LATEST_MODERN)
         .to_owned();

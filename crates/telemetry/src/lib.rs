@@ -35,6 +35,8 @@ pub struct TelemetryOptions {
     pub service_name: String,
     /// Log line format.
     pub log_format: LogFormat,
+    /// OTLP/gRPC endpoint for spans; `None` reads `OTEL_EXPORTER_OTLP_ENDPOINT` (unset: no export).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for TelemetryOptions {
@@ -42,6 +44,7 @@ impl Default for TelemetryOptions {
         Self {
             service_name: "tollgate".to_owned(),
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -77,9 +80,14 @@ pub fn init(options: &TelemetryOptions) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
 
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => Some(otlp_provider(options)?),
-        _ => None,
+    let endpoint = options
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.trim().is_empty());
+    let provider = match endpoint {
+        Some(endpoint) => Some(otlp_provider(options, &endpoint)?),
+        None => None,
     };
     let otel_layer = provider
         .as_ref()
@@ -103,10 +111,12 @@ pub fn init(options: &TelemetryOptions) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider })
 }
 
-fn otlp_provider(options: &TelemetryOptions) -> anyhow::Result<SdkTracerProvider> {
-    // The exporter reads OTEL_EXPORTER_OTLP_ENDPOINT (and the other OTEL_* variables) itself.
+fn otlp_provider(options: &TelemetryOptions, endpoint: &str) -> anyhow::Result<SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    // Other OTEL_EXPORTER_OTLP_* variables (headers, timeout) are read by the exporter itself.
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
+        .with_endpoint(endpoint)
         .build()
         .context("building the OTLP span exporter")?;
     let resource = opentelemetry_sdk::Resource::builder()
