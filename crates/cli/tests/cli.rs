@@ -30,11 +30,18 @@ fn examples() -> &'static Path {
 fn serve_refuses_an_unknown_key_with_its_path_and_exit_code_64() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.toml");
-    std::fs::write(&config, "[[upstreams]]\nname = \"a\"\nurll = \"http://127.0.0.1:1/mcp\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "[[upstreams]]\nname = \"a\"\nurll = \"http://127.0.0.1:1/mcp\"\n",
+    )
+    .unwrap();
     let output = tollgate(&["serve", "--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(64), "{}", stderr(&output));
     let err = stderr(&output);
-    assert!(err.contains("upstreams[0]") && err.contains("urll"), "{err}");
+    assert!(
+        err.contains("upstreams[0]") && err.contains("urll"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -57,7 +64,11 @@ fn serve_refuses_a_grant_whose_policy_is_invalid_and_names_every_pointer() {
     let output = tollgate(&["serve", "--config", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(64));
     let err = stderr(&output);
-    for needle in ["grants[0].policy", "/tools/x/deny_if/0/conditions/0/value", "/tools/x/limitz"] {
+    for needle in [
+        "grants[0].policy",
+        "/tools/x/deny_if/0/conditions/0/value",
+        "/tools/x/limitz",
+    ] {
         assert!(err.contains(needle), "{needle} missing from {err}");
     }
 }
@@ -69,7 +80,10 @@ fn policy_validate_summarises_a_valid_policy_and_lists_every_error_of_an_invalid
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let out = stdout(&output);
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert!(out.contains("valid policy v1") && out.contains("sha256:"), "{out}");
+    assert!(
+        out.contains("valid policy v1") && out.contains("sha256:"),
+        "{out}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
@@ -97,7 +111,9 @@ fn audit_verify_says_where_a_chain_breaks() {
     let path = dir.path().join("audit.jsonl");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let log = tollgate_gateway::audit::AuditLog::open(&path).await.unwrap();
+        let log = tollgate_gateway::audit::AuditLog::open(&path)
+            .await
+            .unwrap();
         for i in 0..5 {
             log.record(tollgate_gateway::audit::AuditRecord::new(
                 format!("r{i}"),
@@ -110,7 +126,11 @@ fn audit_verify_says_where_a_chain_breaks() {
     });
     let output = tollgate(&["audit", "verify", path.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
-    assert!(stdout(&output).contains("intact, 5 records"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("intact, 5 records"),
+        "{}",
+        stdout(&output)
+    );
 
     let text = std::fs::read_to_string(&path).unwrap();
     let edited = text.replacen("\"r2\"", "\"rX\"", 1);
@@ -125,7 +145,13 @@ fn token_new_prints_a_token_and_its_hash() {
     let output = tollgate(&["token", "new"]);
     assert_eq!(output.status.code(), Some(0));
     let out = stdout(&output);
-    let token = out.lines().next().unwrap().trim_start_matches("token:").trim().to_owned();
+    let token = out
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("token:")
+        .trim()
+        .to_owned();
     let hash = tollgate_gateway::config::token_hash(&token)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -184,7 +184,7 @@ pub struct Config {
 }
 
 /// Listen addresses and the Host / Origin rules that protect against DNS rebinding.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
     /// Data plane (`/mcp/{server}`).
     pub data: SocketAddr,
@@ -200,7 +200,7 @@ pub struct Listen {
 }
 
 /// Request size and time limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
@@ -233,7 +233,7 @@ impl fmt::Debug for Sessions {
 }
 
 /// One upstream MCP server.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
     /// Name in `/mcp/{name}`.
     pub name: String,
@@ -242,7 +242,7 @@ pub struct UpstreamConfig {
 }
 
 /// How an upstream is reached.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
     /// Streamable HTTP.
     Http {

@@ -8,6 +8,9 @@
 //! ```
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +26,7 @@ use tollgate_telemetry::Metrics;
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
-use crate::config::Config;
+use crate::config::{Config, GrantConfig};
 use crate::eras::EraProbe;
 use crate::upstream::{Upstream, http as upstream_http};
 
@@ -48,7 +51,8 @@ pub(crate) struct Server {
 /// State shared by every request.
 pub(crate) struct Shared {
     pub config: Config,
-    pub grants: HashMap<[u8; 32], Arc<Grant>>,
+    /// Grants by token hash; swapped whole on a configuration reload.
+    pub grants: ArcSwap<HashMap<[u8; 32], Arc<Grant>>>,
     pub servers: HashMap<String, Arc<Server>>,
     pub sealer: SessionSealer,
     pub quota: Arc<dyn Quota>,
@@ -102,12 +106,118 @@ impl RunningGateway {
         }
     }
 
-    /// Waits until the process is asked to stop (SIGINT or SIGTERM), then shuts down.
-    pub async fn run_until_signalled(self) -> Result<(), StartError> {
-        wait_for_signal().await?;
+    /// Applies a new configuration's grants and policies atomically: requests already admitted
+    /// finish under the old ones, every later request sees the new ones. Everything else (listen
+    /// addresses, upstreams, session keys, limits, audit path) needs a restart; sections that
+    /// differ are named in the returned report and keep their running values.
+    pub fn reload(&self, config: &Config) -> ReloadReport {
+        let running = &self.shared.config;
+        let mut needs_restart = Vec::new();
+        if config.upstreams != running.upstreams {
+            needs_restart.push("upstreams");
+        }
+        if config.listen != running.listen {
+            needs_restart.push("listen");
+        }
+        let both_ephemeral = config.sessions.ephemeral && running.sessions.ephemeral;
+        if config.sessions.ttl != running.sessions.ttl
+            || (!both_ephemeral && config.sessions.keys != running.sessions.keys)
+        {
+            needs_restart.push("sessions");
+        }
+        if config.limits != running.limits {
+            needs_restart.push("limits");
+        }
+        if config.audit_path != running.audit_path {
+            needs_restart.push("audit");
+        }
+        if config.node_id != running.node_id {
+            needs_restart.push("node_id");
+        }
+        // A grant may only name a running upstream.
+        let unknown: Vec<String> = config
+            .grants
+            .iter()
+            .filter(|g| !self.shared.servers.contains_key(&g.server))
+            .map(|g| {
+                format!(
+                    "grant `{}` names upstream `{}`, which is not running",
+                    g.label, g.server
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            return ReloadReport {
+                applied: false,
+                grants: 0,
+                needs_restart,
+                refused: unknown,
+            };
+        }
+        self.shared
+            .grants
+            .store(Arc::new(resolve_grants(&config.grants)));
+        ReloadReport {
+            applied: true,
+            grants: config.grants.len(),
+            needs_restart,
+            refused: Vec::new(),
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM, then shuts down. On SIGHUP it re-reads `config_path` (if
+    /// given): a valid file's grants and policies replace the running ones; an invalid one is
+    /// refused with every error and the running configuration keeps serving.
+    pub async fn run_until_signalled(self, config_path: Option<PathBuf>) -> Result<(), StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+        let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signal)?;
+        loop {
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => {
+                    result.map_err(StartError::Signal)?;
+                    break;
+                }
+                _ = term.recv() => break,
+                _ = hangup.recv() => match &config_path {
+                    Some(path) => { self.reload_from(path); }
+                    None => tracing::warn!("SIGHUP ignored: the embedded configuration cannot be reloaded"),
+                },
+            }
+        }
         tracing::info!("stopping");
         self.shutdown().await;
         Ok(())
+    }
+
+    /// Re-reads a configuration file and applies it with [`RunningGateway::reload`], logging
+    /// the outcome.
+    pub fn reload_from(&self, path: &Path) -> ReloadReport {
+        match Config::load(path, &crate::config::ProcessEnv) {
+            Err(errors) => {
+                for error in &errors.0 {
+                    tracing::error!(path = %error.path, message = %error.message, "configuration reload refused");
+                }
+                ReloadReport {
+                    applied: false,
+                    grants: 0,
+                    needs_restart: Vec::new(),
+                    refused: errors.0.iter().map(ToString::to_string).collect(),
+                }
+            }
+            Ok(config) => {
+                let report = self.reload(&config);
+                if report.applied {
+                    tracing::info!(grants = report.grants, "configuration reloaded");
+                } else {
+                    tracing::error!(errors = ?report.refused, "configuration reload refused");
+                }
+                for section in &report.needs_restart {
+                    tracing::warn!(section, "changed section not applied: it needs a restart");
+                }
+                report
+            }
+        }
     }
 
     /// The metrics registry (for tests and embedding).
@@ -116,14 +226,17 @@ impl RunningGateway {
     }
 }
 
-async fn wait_for_signal() -> Result<(), StartError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result.map_err(StartError::Signal)?,
-        _ = term.recv() => {}
-    }
-    Ok(())
+/// What a configuration reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Whether the new grants and policies are now serving.
+    pub applied: bool,
+    /// How many grants the new configuration has.
+    pub grants: usize,
+    /// Sections that changed but need a restart (kept at their running values).
+    pub needs_restart: Vec<&'static str>,
+    /// Why the reload was refused (each with the path of the bad key).
+    pub refused: Vec<String>,
 }
 
 /// Why the gateway could not start.
@@ -206,25 +319,7 @@ pub async fn start_with(
             (up.name.clone(), Arc::new(server))
         })
         .collect();
-    let deny_all = Arc::new(Policy::deny_all());
-    let grants = config
-        .grants
-        .iter()
-        .map(|g| {
-            let (policy_id, policy) = match &g.policy {
-                Some((id, policy)) => (Some(id.clone()), policy.clone()),
-                None => (None, deny_all.clone()),
-            };
-            let grant = Grant {
-                id: g.id.clone(),
-                label: g.label.clone(),
-                server: g.server.clone(),
-                policy_id,
-                policy,
-            };
-            (g.token_hash, Arc::new(grant))
-        })
-        .collect();
+    let grants = ArcSwap::from_pointee(resolve_grants(&config.grants));
     let json_limits = JsonLimits {
         max_bytes: config.limits.max_body_bytes,
         max_depth: config.limits.max_json_depth,
@@ -264,6 +359,27 @@ pub async fn start_with(
         stop,
         tasks,
     })
+}
+
+fn resolve_grants(grants: &[GrantConfig]) -> HashMap<[u8; 32], Arc<Grant>> {
+    let deny_all = Arc::new(Policy::deny_all());
+    grants
+        .iter()
+        .map(|g| {
+            let (policy_id, policy) = match &g.policy {
+                Some((id, policy)) => (Some(id.clone()), policy.clone()),
+                None => (None, deny_all.clone()),
+            };
+            let grant = Grant {
+                id: g.id.clone(),
+                label: g.label.clone(),
+                server: g.server.clone(),
+                policy_id,
+                policy,
+            };
+            (g.token_hash, Arc::new(grant))
+        })
+        .collect()
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

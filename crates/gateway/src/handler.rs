@@ -197,7 +197,9 @@ fn admit(
         .ok_or_else(unauthorized)?;
     let grant = shared
         .grants
+        .load()
         .get(&crate::config::token_hash(token))
+        .cloned()
         .ok_or_else(unauthorized)?;
     if grant.server != server {
         return Err(ProxyError::WrongServer {
@@ -205,7 +207,7 @@ fn admit(
         });
     }
     let server = shared.servers.get(server).ok_or(ProxyError::NoSuchServer)?;
-    Ok((grant.clone(), server.clone()))
+    Ok((grant, server.clone()))
 }
 
 /// A foreign `Host` is refused (DNS rebinding); an empty allow-list accepts any host.
@@ -506,7 +508,7 @@ async fn handle_post(
     let id = frame.id().cloned();
     let method = frame.method().map(str::to_owned);
     let fail = |e: ProxyError| (e, id.clone(), method.clone());
-    let era = era::detect_era(frame.message());
+    let era = request_era(&frame, &headers);
     span.record(
         semconv::MCP_ERA,
         if era == Era::Modern {
@@ -565,11 +567,11 @@ async fn dispatch(
             // fallback signal, whatever else is wrong with it, exactly as the upstream itself
             // would answer; the gateway never claims an era (not even in a -32022 list) that its
             // upstream cannot serve.
-            if let Err(error) = mcp_headers::check_modern_headers(&headers, &frame) {
-                return Err(ProxyError::bad_request_with_data(error.code(), error.message(), error.data(), id.clone()));
-            }
             if modern_support(&ctx, &frame).await == ModernSupport::No {
                 return Err(legacy_fallback(id.clone()));
+            }
+            if let Some(error) = modern_request_error(&headers, &frame) {
+                return Err(error);
             }
         }
         Era::Legacy => {
@@ -693,6 +695,7 @@ async fn modern_support(ctx: &RequestCtx, frame: &Frame) -> ModernSupport {
     // Probe at the client's version only when it is one we speak: a probe at an unknown version
     // would be refused and cached as "not modern".
     let version = era::meta_protocol_version(frame.message())
+        .filter(|v| era::is_modern_version(v))
         .unwrap_or(era::LATEST_MODERN)
         .to_owned();
     let params = json!({

@@ -16,4 +16,4 @@ mod handler;
 mod list;
 pub mod upstream;
 
-pub use gateway::{RunningGateway, StartError, start, start_with};
+pub use gateway::{ReloadReport, RunningGateway, StartError, start, start_with};

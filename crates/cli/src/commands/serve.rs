@@ -146,7 +146,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 None => eprintln!("tollgate: embedded default serving {url} (token from TOLLGATE_TOKEN)"),
             }
         }
-        match running.run_until_signalled().await {
+        match running.run_until_signalled(args.config.clone()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "stopped with an error");
