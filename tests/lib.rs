@@ -228,6 +228,21 @@ impl Gateway {
         format!("http://{}/mcp/{server}", self.running().data_addr)
     }
 
+    /// Rewrites the policy file of grant number `index` (in builder order).
+    pub fn write_policy(&self, index: usize, policy: &str) {
+        std::fs::write(
+            self._dir.path().join(format!("policy-{index}.json")),
+            policy,
+        )
+        .expect("policy written");
+    }
+
+    /// Re-reads the configuration file, as SIGHUP does.
+    pub fn reload(&self) -> tollgate_gateway::ReloadReport {
+        self.running()
+            .reload_from(&self._dir.path().join("tollgate.toml"))
+    }
+
     /// `http://127.0.0.1:PORT` of the admin listener.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.running().admin_addr)
@@ -470,7 +485,20 @@ pub mod interop {
         if missing.is_empty() {
             return Some(found);
         }
-        let what = missing.join(", ");
+        skip_or_fail(test, &missing.join(", "));
+        None
+    }
+
+    /// `Some(path)` when `path` is a file; otherwise the same skip-or-fail rule as [`tools`].
+    pub fn tool_file(test: &str, path: PathBuf) -> Option<PathBuf> {
+        if path.is_file() {
+            return Some(path);
+        }
+        skip_or_fail(test, &format!("{} (no such file)", path.display()));
+        None
+    }
+
+    fn skip_or_fail(test: &str, what: &str) {
         if std::env::var("TOLLGATE_REQUIRE_TOOLS").as_deref() == Ok("1") {
             panic!(
                 "{test}: TOLLGATE_REQUIRE_TOOLS=1 but {what}: run scripts/install-tools.sh and `source scripts/tools-env.sh`"
@@ -479,7 +507,6 @@ pub mod interop {
         eprintln!(
             "\n!!!!!!!! SKIPPED {test}: {what}. Run scripts/install-tools.sh and `source scripts/tools-env.sh` (scripts/test.sh does both and makes this a failure). !!!!!!!!\n"
         );
-        None
     }
 
     /// A loopback port that was free a moment ago: bound on 127.0.0.1:0, then released. Only for

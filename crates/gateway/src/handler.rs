@@ -610,12 +610,11 @@ async fn dispatch(
         );
         return Ok(reply_response(&ctx, reply, None));
     }
-    let response = match method.as_deref() {
+    match method.as_deref() {
         Some("tools/call") => crate::call::handle(&ctx, frame).await,
         Some("tools/list") => crate::list::handle(&ctx, frame).await,
         _ => pass_through(&ctx, frame).await,
-    };
-    response
+    }
 }
 
 fn id_text(id: &RequestId) -> String {
