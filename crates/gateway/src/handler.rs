@@ -23,9 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt as _;
-use http::header::{
-    ACCEPT, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN,
-};
+use http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt as _, Limited};
 use serde_json::{Value, json};
@@ -385,31 +383,6 @@ fn open_session(
     ))
 }
 
-fn accepts(headers: &HeaderMap, json: bool, sse: bool) -> bool {
-    let values: Vec<String> = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .collect();
-    let has = |want: &str| {
-        values.iter().any(|v| {
-            v == want
-                || v == "*/*"
-                || (v == "application/*" && want.starts_with("application/"))
-                || (v == "text/*" && want.starts_with("text/"))
-        })
-    };
-    (!json || has("application/json")) && (!sse || has("text/event-stream"))
-}
-
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ProxyError> {
     if let Some(length) = headers
         .get(CONTENT_LENGTH)
@@ -496,7 +469,7 @@ async fn handle_post(
     if content_type.as_deref() != Some("application/json") {
         return Err(plain(ProxyError::UnsupportedMediaType));
     }
-    if !accepts(&headers, true, true) {
+    if !mcp_headers::accepts_json_and_sse(&headers) {
         return Err(plain(ProxyError::NotAcceptable(
             "both application/json and text/event-stream",
         )));
@@ -949,7 +922,7 @@ async fn get_mcp(
     span.record(semconv::MCP_METHOD, "GET");
     let result = async {
         let (grant, server) = admit(&shared, &server_name, &headers)?;
-        if !accepts(&headers, false, true) {
+        if !mcp_headers::accepts_sse(&headers) {
             return Err(ProxyError::NotAcceptable("text/event-stream"));
         }
         if headers.get(SESSION_ID).is_none() {
@@ -1080,20 +1053,5 @@ mod tests {
             out.get("mcp-param-region").map(|v| v.as_bytes()),
             Some(&b"eu"[..])
         );
-    }
-
-    #[test]
-    fn accept_needs_both_json_and_sse_for_post() {
-        assert!(accepts(
-            &headers(&[("accept", "application/json, text/event-stream")]),
-            true,
-            true
-        ));
-        assert!(!accepts(
-            &headers(&[("accept", "application/json")]),
-            true,
-            true
-        ));
-        assert!(accepts(&headers(&[("accept", "*/*")]), true, true));
     }
 }

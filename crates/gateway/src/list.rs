@@ -90,7 +90,7 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     };
     let Some(result) = answer.get("result").and_then(Value::as_object) else {
         // A JSON-RPC error: the client gets it unchanged.
-        return Ok(finish(ctx, &before, answer_event, answer, status));
+        return Ok(finish(&before, answer_event, answer, status));
     };
     let mut result = result.clone();
     let mut tools = match result.remove("tools") {
@@ -145,11 +145,10 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         .metrics
         .count_request(&ctx.server.name, "tools/list", "allow");
     let answer = json!({"jsonrpc": "2.0", "id": id_value, "result": Value::Object(result)});
-    Ok(finish(ctx, &before, answer_event, answer, status))
+    Ok(finish(&before, answer_event, answer, status))
 }
 
 fn finish(
-    _ctx: &RequestCtx,
     before: &[SseEvent],
     answer_event: Option<SseEvent>,
     answer: Value,

@@ -420,6 +420,18 @@ pub fn mcp_param_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, H
 /// many HTTP stacks send) would be stricter than HTTP itself for no safety gain. Several
 /// `Accept` headers are combined.
 pub fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
+    let (json_ok, sse_ok) = accepted_media(headers);
+    json_ok && sse_ok
+}
+
+/// Whether `Accept` admits `text/event-stream` (the GET stream's rule; 406 otherwise), with the
+/// same media-range rules as [`accepts_json_and_sse`].
+pub fn accepts_sse(headers: &HeaderMap) -> bool {
+    accepted_media(headers).1
+}
+
+/// `(JSON accepted, SSE accepted)` by the `Accept` headers.
+fn accepted_media(headers: &HeaderMap) -> (bool, bool) {
     let mut json_ok = false;
     let mut sse_ok = false;
     for value in headers.get_all(ACCEPT) {
@@ -449,7 +461,7 @@ pub fn accepts_json_and_sse(headers: &HeaderMap) -> bool {
             }
         }
     }
-    json_ok && sse_ok
+    (json_ok, sse_ok)
 }
 
 #[cfg(test)]

@@ -437,7 +437,8 @@ async fn records_reach_the_file_without_a_flush() {
     log.record(rec("1", Decision::Allow));
     // The record reaches the file without flush(); wait on that condition with a time limit.
     tokio::time::timeout(Duration::from_secs(30), async {
-        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 {
+        // The writer publishes the chain head after its write returns: wait for both.
+        while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) == 0 || log.head().seq == 0 {
             tokio::task::yield_now().await;
         }
     })
