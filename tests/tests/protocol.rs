@@ -470,3 +470,50 @@ async fn a_stdio_upstream_serves_both_eras_and_its_sessions_stay_on_their_node()
         .await;
     assert_eq!(on_b.status, 404, "{on_b:?}");
 }
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_bad_gateway_not_an_unknown_tool() {
+    init_tracing();
+    let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    let gateway = GatewayBuilder::new()
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .start()
+        .await
+        .unwrap();
+    upstream.shutdown().await;
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    let session_less = raw
+        .modern(1, "tools/call", json!({"name": "echo", "arguments": {}}))
+        .await;
+    assert_eq!(session_less.status, 502, "{session_less:?}");
+    assert_eq!(
+        session_less.json()["error"]["code"],
+        -31001,
+        "{session_less:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_session_is_not_found() {
+    init_tracing();
+    let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    let gateway = GatewayBuilder::new()
+        .extra_toml("[sessions]\nttl_secs = 1")
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    let session = raw.initialize().await.unwrap();
+    let fresh = raw.legacy(&session, 1, "tools/list", json!({})).await;
+    assert_eq!(fresh.status, 200, "{fresh:?}");
+    tollgate_testkit::wait_for_async(std::time::Duration::from_secs(10), || {
+        let raw = raw.clone();
+        let session = session.clone();
+        async move { raw.legacy(&session, 2, "ping", json!({})).await.status == 404 }
+    })
+    .await
+    .expect("the session expires after its ttl");
+}

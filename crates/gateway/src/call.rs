@@ -55,7 +55,7 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         Some(_) => return Err(invalid("params.arguments must be an object")),
     };
 
-    let digest = known_tool(ctx, &frame, tool).await;
+    let digest = known_tool(ctx, &frame, tool).await?;
     let decision = ctx.grant.policy.evaluate_call(&CallInput {
         tool,
         arguments,
@@ -184,13 +184,18 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     Ok(response)
 }
 
-/// The digest of `tool` if the upstream lists it, refreshing the catalog once on a miss.
-async fn known_tool(ctx: &RequestCtx, frame: &Frame, tool: &str) -> Option<String> {
+/// The digest of `tool` if the upstream lists it, refreshing the catalog once on a miss. An
+/// upstream that cannot be reached is an upstream error, not an unknown tool.
+async fn known_tool(
+    ctx: &RequestCtx,
+    frame: &Frame,
+    tool: &str,
+) -> Result<Option<String>, ProxyError> {
     if let Some(digest) = ctx.server.catalog.digest(tool) {
-        return Some(digest);
+        return Ok(Some(digest));
     }
     if !ctx.server.catalog.begin_refresh(tool) {
-        return None;
+        return Ok(None);
     }
     match crate::list::fetch_all(ctx, frame).await {
         Ok(tools) => ctx.server.catalog.replace(&tools),
@@ -198,10 +203,11 @@ async fn known_tool(ctx: &RequestCtx, frame: &Frame, tool: &str) -> Option<Strin
             tracing::debug!(server = %ctx.server.name, "upstream refused the catalog refresh")
         }
         Err(InternalError::Proxy(error)) => {
-            tracing::debug!(server = %ctx.server.name, %error, "catalog refresh failed")
+            tracing::debug!(server = %ctx.server.name, %error, "catalog refresh failed");
+            return Err(error);
         }
     }
-    ctx.server.catalog.digest(tool)
+    Ok(ctx.server.catalog.digest(tool))
 }
 
 fn counter_key(ctx: &RequestCtx, limit: &Limit) -> String {
