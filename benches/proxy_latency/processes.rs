@@ -133,6 +133,8 @@ pub struct GatewaySpec {
     pub dir: PathBuf,
     /// How long to wait for `/readyz`.
     pub ready_timeout: Duration,
+    /// Whether the audit file is on (it is, except to measure what it costs).
+    pub audit: bool,
 }
 
 /// The running gateway.
@@ -164,7 +166,7 @@ impl GatewayProcess {
         let seed_path = spec.dir.join("seed.json");
         std::fs::write(&seed_path, &seed_text)?;
         let audit = spec.dir.join("audit.jsonl");
-        let config = config_text(data, admin, &spec.upstream_url)?;
+        let config = config_text(data, admin, &spec.upstream_url, spec.audit)?;
         let config_path = spec.dir.join("tollgate.toml");
         std::fs::write(&config_path, config)?;
 
@@ -182,6 +184,7 @@ impl GatewayProcess {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .current_dir(&spec.dir)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -266,13 +269,23 @@ fn raise_limits(policy: &mut Value, max: u64) -> usize {
 }
 
 /// The gateway's configuration: one HTTP upstream, one grant per policy, the audit file on.
-fn config_text(data: SocketAddr, admin: SocketAddr, upstream_url: &str) -> anyhow::Result<String> {
+fn config_text(
+    data: SocketAddr,
+    admin: SocketAddr,
+    upstream_url: &str,
+    audit: bool,
+) -> anyhow::Result<String> {
     let mut text = format!(
         "# Written by proxy-latency.\nnode_id = \"bench\"\n\n[listen]\ndata = \"{data}\"\n\
-         admin = \"{admin}\"\n\n[audit]\npath = \"audit.jsonl\"\n\n[[upstreams]]\n\
-         name = \"{SERVER}\"\nurl = {}\n",
-        toml_string(upstream_url)?
+         admin = \"{admin}\"\n\n"
     );
+    if audit {
+        text.push_str("[audit]\npath = \"audit.jsonl\"\n\n");
+    }
+    text.push_str(&format!(
+        "[[upstreams]]\nname = \"{SERVER}\"\nurl = {}\n",
+        toml_string(upstream_url)?
+    ));
     for (grant, policy) in [
         (
             ALLOW_ALL,
@@ -347,6 +360,7 @@ mod tests {
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
             "http://127.0.0.1:3/mcp",
+            true,
         )
         .unwrap();
         assert_eq!(text.matches("[[upstreams]]").count(), 1);

@@ -116,6 +116,7 @@ pub struct Settings {
     pub throughput_block_secs: f64,
     pub warmup_calls: u64,
     pub seed_shaped_max: u64,
+    pub audit: bool,
 }
 
 /// A whole run.
@@ -157,61 +158,65 @@ impl Report {
              upstream, gateway.",
             s.upstream
         );
-        let _ = writeln!(
-            out,
-            "\n## Latency: 1 connection, sequential ({} blocks x {} s per target, interleaved)\n",
-            s.latency_blocks, s.latency_block_secs
-        );
-        let _ = writeln!(
-            out,
-            "| target | answers | calls/s | p50 us | p90 us | p99 us | p99.9 us | max us | added p50 us | added p99 us | x p50 | x p99 | gateway CPU us/call |"
-        );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-        for r in &self.latency {
+        if !self.latency.is_empty() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
-                r.target,
-                answers(&r.answers),
-                r.calls_per_sec,
-                r.p50_us,
-                r.p90_us,
-                r.p99_us,
-                r.p999_us,
-                r.max_us,
-                opt(r.added_p50_us, 1),
-                opt(r.added_p99_us, 1),
-                opt(r.ratio_p50, 2),
-                opt(r.ratio_p99, 2),
-                opt(r.gateway_cpu_us_per_call, 1),
+                "\n## Latency: 1 connection, sequential ({} blocks x {} s per target, interleaved)\n",
+                s.latency_blocks, s.latency_block_secs
             );
+            let _ = writeln!(
+                out,
+                "| target | answers | calls/s | p50 us | p90 us | p99 us | p99.9 us | max us | added p50 us | added p99 us | x p50 | x p99 | gateway CPU us/call |"
+            );
+            let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            for r in &self.latency {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
+                    r.target,
+                    answers(&r.answers),
+                    r.calls_per_sec,
+                    r.p50_us,
+                    r.p90_us,
+                    r.p99_us,
+                    r.p999_us,
+                    r.max_us,
+                    opt(r.added_p50_us, 1),
+                    opt(r.added_p99_us, 1),
+                    opt(r.ratio_p50, 2),
+                    opt(r.ratio_p99, 2),
+                    opt(r.gateway_cpu_us_per_call, 1),
+                );
+            }
         }
-        let _ = writeln!(
-            out,
-            "\n## Throughput: {} connections, closed loop ({} blocks x {} s per target, interleaved)\n",
-            s.connections, s.throughput_blocks, s.throughput_block_secs
-        );
-        let _ = writeln!(
-            out,
-            "| target | answers | calls/s | x direct | p50 us | p99 us | p99.9 us | gateway CPU us/call | calls/s per gateway core | upstream CPU us/call | load CPU us/call |"
-        );
-        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-        for r in &self.throughput {
+        if !self.throughput.is_empty() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} |",
-                r.target,
-                answers(&r.answers),
-                r.calls_per_sec,
-                opt(r.ratio_calls_per_sec, 2),
-                r.p50_us,
-                r.p99_us,
-                r.p999_us,
-                opt(r.gateway_cpu_us_per_call, 1),
-                opt(r.calls_per_gateway_core, 0),
-                opt(r.upstream_cpu_us_per_call, 1),
-                r.load_cpu_us_per_call,
+                "\n## Throughput: {} connections, closed loop ({} blocks x {} s per target, interleaved)\n",
+                s.connections, s.throughput_blocks, s.throughput_block_secs
             );
+            let _ = writeln!(
+                out,
+                "| target | answers | calls/s | x direct | p50 us | p99 us | p99.9 us | gateway CPU us/call | calls/s per gateway core | upstream CPU us/call | load CPU us/call |"
+            );
+            let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            for r in &self.throughput {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.1} |",
+                    r.target,
+                    answers(&r.answers),
+                    r.calls_per_sec,
+                    opt(r.ratio_calls_per_sec, 2),
+                    r.p50_us,
+                    r.p99_us,
+                    r.p999_us,
+                    opt(r.gateway_cpu_us_per_call, 1),
+                    opt(r.calls_per_gateway_core, 0),
+                    opt(r.upstream_cpu_us_per_call, 1),
+                    r.load_cpu_us_per_call,
+                );
+            }
         }
         let _ = writeln!(out, "\n## Against the targets\n");
         for line in self.target_lines() {

@@ -94,9 +94,16 @@ pub fn init(options: &TelemetryOptions) -> anyhow::Result<TelemetryGuard> {
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("tollgate")));
 
     let registry = tracing_subscriber::registry().with(filter).with(otel_layer);
+    // Colour codes only for a person at a terminal: a log file or collector gets plain text (and
+    // the gateway saves the formatting work on every request span).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match options.log_format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
