@@ -32,12 +32,16 @@
 //! gateway must not stall tool calls because a disk is slow; an operator who would rather refuse
 //! calls than lose audit lines calls [`AuditLog::try_record`] and fails the request closed on error.
 //!
-//! The writer runs file I/O on the blocking pool, so a slow disk holds no runtime worker.
+//! The writer is a dedicated thread, so a slow disk holds no runtime worker. `record` only pushes
+//! onto a locked queue: it never wakes the writer, which drains the queue every
+//! [`AuditOptions::batch_interval`] (5 ms by default) or as soon as the queue is half full. At one
+//! call at a time, a wake-up (futex, context switch) per record cost more than the rest of the
+//! request; batching by time turns N records into one `write`.
 //!
 //! # Durability
 //!
 //! A record is in the operating system's page cache (safe against a process crash) once its batch is
-//! written, typically well under a millisecond after `record`. It is on disk after the next periodic
+//! written, at most one `batch_interval` after `record`. It is on disk after the next periodic
 //! fsync (at most [`AuditOptions::fsync_interval`], one second by default, later) or after
 //! [`AuditLog::flush`]. A power loss can therefore lose about the last second of records; a crash
 //! loses what was still in the channel. Call `flush` at shutdown: records still queued when the
@@ -64,7 +68,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::Thread;
 use std::time::Instant;
 use time::OffsetDateTime;
 use time::macros::format_description;
@@ -74,8 +78,8 @@ use tokio::sync::oneshot;
 /// `prev_hash` of the first line: 64 zeros.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Records written in one write at most (about 2 MB), so a backlog is written in bounded pieces.
-const MAX_BATCH: usize = 4_096;
+/// Bytes written in one write at most, so a backlog is written in bounded pieces.
+const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// How far from the end [`AuditLog::open`] first looks for the last line; doubled until found.
 const TAIL_CHUNK: u64 = 64 * 1024;
@@ -265,6 +269,8 @@ pub struct AuditOptions {
     pub capacity: usize,
     /// Longest time a written record waits for fsync.
     pub fsync_interval: Duration,
+    /// Longest time a record waits in the queue before it is written.
+    pub batch_interval: Duration,
 }
 
 impl Default for AuditOptions {
@@ -272,6 +278,7 @@ impl Default for AuditOptions {
         Self {
             capacity: 65_536,
             fsync_interval: Duration::from_secs(1),
+            batch_interval: Duration::from_millis(5),
         }
     }
 }
@@ -303,9 +310,32 @@ pub struct AuditLog {
 }
 
 struct Inner {
-    tx: SyncSender<Command>,
+    queue: Arc<Queue>,
+    writer: Thread,
     shared: Arc<Shared>,
     path: PathBuf,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.queue.items.lock().closed = true;
+        self.writer.unpark();
+    }
+}
+
+/// Records waiting for the writer. The request path takes the lock for one push.
+struct Queue {
+    items: Mutex<Pending>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Pending {
+    commands: Vec<Command>,
+    /// Every handle is gone: write what is left, fsync, stop.
+    closed: bool,
+    /// The writer stopped after an error: nothing queued will ever be written.
+    exited: bool,
 }
 
 /// State the writer thread and the handles both see.
@@ -362,7 +392,10 @@ impl AuditLog {
             stopped: AtomicBool::new(false),
             head: Mutex::new(head.clone()),
         });
-        let (tx, rx) = mpsc::sync_channel(options.capacity.max(1));
+        let queue = Arc::new(Queue {
+            items: Mutex::new(Pending::default()),
+            capacity: options.capacity.max(1),
+        });
         let writer = Writer {
             file,
             path: path.clone(),
@@ -375,15 +408,23 @@ impl AuditLog {
         // writer sleeps, one futex wake; serialisation, hashing, write and fsync never touch the
         // runtime (a task hopping to the blocking pool per batch cost ~50 us per call at low
         // concurrency).
-        std::thread::Builder::new()
-            .name("tollgate-audit".into())
-            .spawn(move || writer.run(rx, options.fsync_interval))
-            .map_err(|source| AuditError::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let thread = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("tollgate-audit".into())
+                .spawn(move || writer.run(&queue, options.fsync_interval, options.batch_interval))
+                .map_err(|source| AuditError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+        };
         Ok(AuditLog {
-            inner: Arc::new(Inner { tx, shared, path }),
+            inner: Arc::new(Inner {
+                queue,
+                writer: thread.thread().clone(),
+                shared,
+                path,
+            }),
         })
     }
 
@@ -402,29 +443,45 @@ impl AuditLog {
             shared.count_drops(1);
             return Err(AuditError::Stopped);
         }
-        match self.inner.tx.try_send(Command::Record(Box::new(rec))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
+        let queue = &self.inner.queue;
+        let len = {
+            let mut pending = queue.items.lock();
+            if pending.exited {
+                drop(pending);
                 shared.count_drops(1);
-                Err(AuditError::Full)
+                return Err(AuditError::Stopped);
             }
-            Err(TrySendError::Disconnected(_)) => {
+            if pending.commands.len() >= queue.capacity {
+                drop(pending);
                 shared.count_drops(1);
-                Err(AuditError::Stopped)
+                return Err(AuditError::Full);
             }
+            pending.commands.push(Command::Record(Box::new(rec)));
+            pending.commands.len()
+        };
+        // Half full: do not wait for the timer.
+        if len == queue.capacity / 2 {
+            self.inner.writer.unpark();
         }
+        Ok(())
     }
 
     /// Flush and fsync everything recorded so far (for tests and shutdown). Waits for room in the
     /// channel rather than failing when it is full.
     pub async fn flush(&self) -> Result<(), AuditError> {
+        if self.inner.shared.stopped.load(Ordering::Relaxed) {
+            return Err(AuditError::Stopped);
+        }
         let (ack, done) = oneshot::channel();
-        let tx = self.inner.tx.clone();
-        // A full channel blocks the sender: wait for room on the blocking pool, not a runtime worker.
-        tokio::task::spawn_blocking(move || tx.send(Command::Flush(ack)))
-            .await
-            .map_err(|_| AuditError::Stopped)?
-            .map_err(|_| AuditError::Stopped)?;
+        {
+            // A flush is never refused for room: it carries no record.
+            let mut pending = self.inner.queue.items.lock();
+            if pending.exited {
+                return Err(AuditError::Stopped);
+            }
+            pending.commands.push(Command::Flush(ack));
+        }
+        self.inner.writer.unpark();
         done.await.map_err(|_| AuditError::Stopped)?
     }
 
@@ -467,54 +524,50 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: Receiver<Command>, fsync_interval: Duration) {
+    fn run(mut self, queue: &Queue, fsync_interval: Duration, batch_interval: Duration) {
         let mut last_sync = Instant::now();
+        let mut batch = Vec::new();
         loop {
-            // Sleep until a command arrives or, with bytes waiting for an fsync, until it is due.
-            let first = if self.unsynced {
-                let due = fsync_interval.saturating_sub(last_sync.elapsed());
-                match rx.recv_timeout(due) {
-                    Ok(cmd) => Some(cmd),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match rx.recv() {
-                    Ok(cmd) => Some(cmd),
-                    Err(_) => break,
-                }
+            let closed = {
+                let mut pending = queue.items.lock();
+                std::mem::swap(&mut batch, &mut pending.commands);
+                pending.closed
             };
-            if self.unsynced && last_sync.elapsed() >= fsync_interval {
-                if let Err(e) = self.sync() {
-                    self.stop(&e, &rx);
-                    return;
+            if batch.is_empty() {
+                if closed {
+                    break;
                 }
-                last_sync = Instant::now();
+                if self.unsynced && last_sync.elapsed() >= fsync_interval {
+                    if let Err(e) = self.sync() {
+                        self.stop(&e, queue);
+                        return;
+                    }
+                    last_sync = Instant::now();
+                }
+                std::thread::park_timeout(batch_interval);
+                continue;
             }
-            let Some(first) = first else { continue };
 
             let mut acks = Vec::new();
-            let mut next = Some(first);
-            let mut taken = 0;
             let mut records = 0;
-            while let Some(cmd) = next {
-                match cmd {
+            for command in batch.drain(..) {
+                match command {
                     Command::Record(rec) => {
                         self.encode(*rec);
                         records += 1;
+                        if self.buf.len() >= MAX_BATCH_BYTES {
+                            if let Err(e) = self.write() {
+                                self.fail(&e, records, acks, queue);
+                                return;
+                            }
+                            records = 0;
+                        }
                     }
                     Command::Flush(ack) => acks.push(ack),
                 }
-                taken += 1;
-                next = if taken < MAX_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
             }
-
             let mut result = self.write();
-            if result.is_ok() && !acks.is_empty() {
+            if result.is_ok() && (!acks.is_empty() || last_sync.elapsed() >= fsync_interval) {
                 result = self.sync();
                 last_sync = Instant::now();
             }
@@ -525,12 +578,7 @@ impl Writer {
                     }
                 }
                 Err(e) => {
-                    // Whether any of the batch reached the file is unknown: count it lost.
-                    self.shared.count_drops(records);
-                    for ack in acks {
-                        let _ = ack.send(Err(AuditError::WriteFailed(e.to_string())));
-                    }
-                    self.stop(&e, &rx);
+                    self.fail(&e, records, acks, queue);
                     return;
                 }
             }
@@ -538,6 +586,22 @@ impl Writer {
         // Every handle is gone: make what was written durable.
         if let Err(e) = self.sync() {
             tracing::error!(error = %e, "audit log fsync failed at close");
+        }
+    }
+
+    /// A write failed: whether any of the batch reached the file is unknown, so it counts as lost.
+    fn fail(
+        &self,
+        error: &AuditError,
+        records: u64,
+        acks: Vec<oneshot::Sender<Result<(), AuditError>>>,
+        queue: &Queue,
+    ) {
+        // Stop first: whoever is told of the failure must already find the log stopped.
+        self.stop(error, queue);
+        self.shared.count_drops(records);
+        for ack in acks {
+            let _ = ack.send(Err(AuditError::WriteFailed(error.to_string())));
         }
     }
 
@@ -585,12 +649,17 @@ impl Writer {
     }
 
     /// Stops after a failed write: the file's end is unknown, so the chain cannot go on.
-    fn stop(&self, error: &AuditError, rx: &Receiver<Command>) {
+    fn stop(&self, error: &AuditError, queue: &Queue) {
         tracing::error!(error = %error, "audit writer stopped");
         // Handles see `stopped` and refuse new records; what is already queued is counted lost.
         self.shared.stopped.store(true, Ordering::Relaxed);
         let mut lost = 0;
-        while let Ok(cmd) = rx.try_recv() {
+        let queued = {
+            let mut pending = queue.items.lock();
+            pending.exited = true;
+            std::mem::take(&mut pending.commands)
+        };
+        for cmd in queued {
             match cmd {
                 Command::Record(_) => lost += 1,
                 Command::Flush(ack) => {

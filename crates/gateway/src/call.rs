@@ -3,6 +3,7 @@
 //! ```text
 //!   params ─▶ catalog (known? refresh once on a miss) ─▶ policy.evaluate_call
 //!     ├─ UnknownTool ─▶ JSON-RPC -32602 "Unknown tool" (hidden and unknown alike)
+//!     ├─ (modern) Mcp-Param-* headers ≠ x-mcp-header arguments ─▶ 400, -32020
 //!     ├─ Deny        ─▶ isError result, `_meta["tollgate/decision"]`
 //!     └─ Allow       ─▶ quota.reserve(all limits) ─ full ─▶ isError result with retry_after
 //!                              │ reserved
@@ -29,7 +30,10 @@ use tollgate_policy::{CallInput, Decision, Denial, DenyKind, Limit, Scope};
 use tollgate_quota::{LimitSpec, Quota, Reservation, Window as QuotaWindow};
 use tollgate_telemetry::semconv;
 
+use tollgate_mcp::headers::check_param_headers;
+
 use crate::audit::{AuditRecord, Decision as AuditDecision};
+use crate::catalog::CatalogEntry;
 use crate::error::ProxyError;
 use crate::handler::{InternalError, RequestCtx, json_response, sse_response};
 use crate::upstream::{MessageKind, ReplyBody, SseStream};
@@ -55,7 +59,8 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         Some(_) => return Err(invalid("params.arguments must be an object")),
     };
 
-    let digest = known_tool(ctx, &frame, tool).await?;
+    let entry = known_tool(ctx, &frame, tool).await?;
+    let digest = entry.as_ref().map(|e| e.digest.clone());
     let decision = ctx.grant.policy.evaluate_call(&CallInput {
         tool,
         arguments,
@@ -70,7 +75,7 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         .unwrap_or_default();
 
     let id = id.ok_or_else(|| ProxyError::Internal("request without id".into()))?;
-    let limits = match decision {
+    let allowed = match decision {
         Decision::UnknownTool => {
             let hidden = digest.is_some();
             record.decision = if hidden {
@@ -87,8 +92,27 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
                 None,
             )));
         }
-        Decision::Deny(denial) => return Ok(deny(ctx, &id, record, &denial)),
-        Decision::Allow { limits } => limits,
+        Decision::Deny(denial) => Err(denial),
+        Decision::Allow { limits } => Ok(limits),
+    };
+    // Checked only for a tool the caller may see, so that a hidden tool answers exactly like an
+    // unknown one whatever headers come with it. The upstream's own check (an HTTP server sees
+    // the same headers) stays in place; a stdio child never sees any, so this is the only one.
+    if ctx.era == Era::Modern
+        && let Some(entry) = &entry
+        && let Err(error) = check_param_headers(&ctx.forward, &entry.param_headers, arguments)
+    {
+        // A malformed request like any other header mismatch: counted by the handler, and not
+        // a policy decision, so not audited.
+        return Err(ProxyError::bad_request(
+            error.code(),
+            error.message(),
+            Some(id),
+        ));
+    }
+    let limits = match allowed {
+        Err(denial) => return Ok(deny(ctx, &id, record, &denial)),
+        Ok(limits) => limits,
     };
 
     // Reserve every limit at once.
@@ -184,15 +208,15 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     Ok(response)
 }
 
-/// The digest of `tool` if the upstream lists it, refreshing the catalog once on a miss. An
-/// upstream that cannot be reached is an upstream error, not an unknown tool.
+/// The catalog entry of `tool` if the upstream lists it, refreshing the catalog once on a miss.
+/// An upstream that cannot be reached is an upstream error, not an unknown tool.
 async fn known_tool(
     ctx: &RequestCtx,
     frame: &Frame,
     tool: &str,
-) -> Result<Option<String>, ProxyError> {
-    if let Some(digest) = ctx.server.catalog.digest(tool) {
-        return Ok(Some(digest));
+) -> Result<Option<CatalogEntry>, ProxyError> {
+    if let Some(entry) = ctx.server.catalog.lookup(tool) {
+        return Ok(Some(entry));
     }
     if !ctx.server.catalog.begin_refresh(tool) {
         return Ok(None);
@@ -207,7 +231,7 @@ async fn known_tool(
             return Err(error);
         }
     }
-    Ok(ctx.server.catalog.digest(tool))
+    Ok(ctx.server.catalog.lookup(tool))
 }
 
 fn counter_key(ctx: &RequestCtx, limit: &Limit) -> String {

@@ -7,22 +7,50 @@
 //! upstream, so unknown-tool floods cannot amplify into upstream load), and dropped when the
 //! upstream sends `notifications/tools/list_changed`.
 //!
-//! Each entry keeps the SHA-256 of the tool's RFC 8785 canonical definition without `_meta`:
-//! the audit record carries it today; tool pinning (policy v2) will compare it.
+//! Each entry keeps the SHA-256 of the tool's RFC 8785 canonical definition without `_meta`
+//! (the audit record carries it today; tool pinning, policy v2, will compare it) and the
+//! `x-mcp-header` annotations of its `inputSchema`, against which a modern call's
+//! `Mcp-Param-*` headers are cross-checked ([`tollgate_mcp::headers::check_param_headers`]).
+//! Only what those two uses need is kept, not the definitions themselves.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use tollgate_mcp::tool::{ParamHeader, param_headers};
 
 /// The shortest time between two gateway-initiated refreshes of one upstream's catalog.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What the catalog knows of one listed tool.
+#[derive(Debug, Clone)]
+pub struct CatalogEntry {
+    /// `sha256:<hex>` of the definition ([`tool_digest`]).
+    pub digest: String,
+    /// The `x-mcp-header` annotations of its `inputSchema`, often none.
+    pub param_headers: Arc<[ParamHeader]>,
+}
+
+impl CatalogEntry {
+    /// The entry for one tool definition.
+    pub fn of(tool: &Value) -> Self {
+        CatalogEntry {
+            digest: tool_digest(tool),
+            param_headers: tool
+                .get("inputSchema")
+                .map(param_headers)
+                .unwrap_or_default()
+                .into(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
-    tools: HashMap<String, String>,
+    tools: HashMap<String, CatalogEntry>,
     filled: bool,
     last_refresh: Option<Instant>,
 }
@@ -34,18 +62,23 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    /// What the catalog knows of `tool`, if the upstream lists it.
+    pub fn lookup(&self, tool: &str) -> Option<CatalogEntry> {
+        self.state.lock().tools.get(tool).cloned()
+    }
+
     /// The digest of `tool`'s definition, if the upstream lists it.
     pub fn digest(&self, tool: &str) -> Option<String> {
-        self.state.lock().tools.get(tool).cloned()
+        self.lookup(tool).map(|entry| entry.digest)
     }
 
     /// Replaces the catalog with a complete tool list (every page of one `tools/list`).
     pub fn replace<'a>(&self, tools: impl IntoIterator<Item = &'a Value>) {
-        let entries: HashMap<String, String> = tools
+        let entries: HashMap<String, CatalogEntry> = tools
             .into_iter()
             .filter_map(|tool| {
                 let name = tool.get("name")?.as_str()?;
-                Some((name.to_owned(), tool_digest(tool)))
+                Some((name.to_owned(), CatalogEntry::of(tool)))
             })
             .collect();
         let mut state = self.state.lock();
@@ -94,6 +127,7 @@ pub fn tool_digest(tool: &Value) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use serde_json::json;
@@ -115,6 +149,22 @@ mod tests {
         assert!(catalog.digest("other").is_none());
         catalog.invalidate();
         assert!(catalog.digest("run-rerun").is_none());
+    }
+
+    #[test]
+    fn a_listed_tool_keeps_the_header_annotations_of_its_input_schema() {
+        let catalog = Catalog::default();
+        catalog.replace(&[
+            json!({"name": "plain", "inputSchema": {"type": "object"}}),
+            json!({"name": "routed", "inputSchema": {"type": "object", "properties": {
+                "region": {"type": "string", "x-mcp-header": "Region"}}}}),
+        ]);
+        assert!(catalog.lookup("plain").unwrap().param_headers.is_empty());
+        let routed = catalog.lookup("routed").unwrap();
+        assert_eq!(routed.param_headers.len(), 1);
+        assert_eq!(routed.param_headers[0].name, "Region");
+        assert_eq!(routed.param_headers[0].path, ["region"]);
+        assert_eq!(Some(routed.digest), catalog.digest("routed"));
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl RequestCtx {
                 kind,
                 method,
                 session: self.session.as_ref(),
+                era: self.era,
                 headers,
             })
             .instrument(tracing::debug_span!("upstream", "tollgate.server" = %self.server.name))
@@ -481,7 +482,7 @@ async fn handle_post(
     let id = frame.id().cloned();
     let method = frame.method().map(str::to_owned);
     let fail = |e: ProxyError| (e, id.clone(), method.clone());
-    let era = request_era(&frame, &headers);
+    let era = mcp_headers::request_era(&headers, &frame);
     span.record(
         semconv::MCP_ERA,
         if era == Era::Modern {
@@ -543,8 +544,13 @@ async fn dispatch(
             if modern_support(&ctx, &frame).await == ModernSupport::No {
                 return Err(legacy_fallback(id.clone()));
             }
-            if let Some(error) = modern_request_error(&headers, &frame) {
-                return Err(error);
+            if let Err(error) = mcp_headers::check_modern_headers(&headers, &frame) {
+                return Err(ProxyError::bad_request_with_data(
+                    error.code(),
+                    error.message(),
+                    error.data(),
+                    id.clone(),
+                ));
             }
         }
         Era::Legacy => {
@@ -592,60 +598,6 @@ async fn dispatch(
 
 fn id_text(id: &RequestId) -> String {
     id.to_value().to_string()
-}
-
-/// The era of one POST. Modern when `_meta` carries a protocol version, and also, outside a
-/// session, when the `MCP-Protocol-Version` header names a revision that is not a legacy one: such
-/// a request is a modern request with a bad `_meta`, to be answered as the modern era says
-/// (-32602), not a legacy request without its session (as the MCP SDKs and the testkit route it).
-fn request_era(frame: &Frame, headers: &HeaderMap) -> Era {
-    let era = era::detect_era(frame.message());
-    if era == Era::Legacy
-        && frame.is_request()
-        && !headers.contains_key(SESSION_ID)
-        && headers
-            .get(PROTOCOL_VERSION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| !era::is_legacy_version(v))
-    {
-        return Era::Modern;
-    }
-    era
-}
-
-/// The modern header and `_meta` checks of [`mcp_headers::check_modern_headers`], with two
-/// refinements the MCP SDKs and the conformance suite agree on:
-/// - an `MCP-Protocol-Version` header that differs from the `_meta` version is a mismatch
-///   (-32020), even when the `_meta` version is one we do not know;
-/// - a -32022 lists only the modern revisions as `supported`: the versions a modern request can
-///   name, which are the ones `server/discover` reports.
-fn modern_request_error(headers: &HeaderMap, frame: &Frame) -> Option<ProxyError> {
-    let id = frame.id().cloned();
-    if let (Some(body), Some(header)) = (
-        era::meta_protocol_version(frame.message()),
-        headers.get(PROTOCOL_VERSION),
-    ) && header.as_bytes() != body.as_bytes()
-    {
-        let error = mcp_headers::HeaderCheckError::Mismatch {
-            header: "MCP-Protocol-Version",
-            header_value: String::from_utf8_lossy(header.as_bytes()).into_owned(),
-            body_value: body.to_owned(),
-        };
-        return Some(ProxyError::bad_request(error.code(), error.message(), id));
-    }
-    let error = mcp_headers::check_modern_headers(headers, frame).err()?;
-    let data = match &error {
-        mcp_headers::HeaderCheckError::UnsupportedVersion { requested, .. } => {
-            Some(json!({ "supported": era::MODERN_VERSIONS, "requested": requested }))
-        }
-        _ => error.data(),
-    };
-    Some(ProxyError::bad_request_with_data(
-        error.code(),
-        error.message(),
-        data,
-        id,
-    ))
 }
 
 /// The answer to a modern request for an upstream that only speaks the legacy era: what a legacy

@@ -68,7 +68,8 @@ pub fn is_known_version(v: &str) -> bool {
     is_modern_version(v) || is_legacy_version(v)
 }
 
-/// Every supported revision, newest first: the `data.supported` list of a -32022 error.
+/// Every supported revision of both eras, newest first. (A modern -32022 lists only
+/// [`MODERN_VERSIONS`]; a legacy one only [`LEGACY_VERSIONS`].)
 pub fn supported_versions() -> Vec<&'static str> {
     MODERN_VERSIONS
         .iter()

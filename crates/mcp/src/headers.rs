@@ -10,14 +10,18 @@
 //! | check                                                     | code   | JSON-RPC name        |
 //! |-----------------------------------------------------------|--------|----------------------|
 //! | `_meta` protocol version present and a string             | -32602 | Invalid params       |
-//! | that version is a modern one this crate supports          | -32022 | UnsupportedProtocolVersion, `data: {supported, requested}` |
 //! | `MCP-Protocol-Version` present, single, equal to `_meta`  | -32020 | HeaderMismatch       |
+//! | that version is a modern one this crate supports          | -32022 | UnsupportedProtocolVersion, `data: {supported, requested}` |
 //! | `_meta` client capabilities present and an object         | -32602 | Invalid params       |
 //! | `Mcp-Method` present, single, equal to `method`           | -32020 | HeaderMismatch       |
 //! | `Mcp-Name` (decoded) equal to `params.name` / `params.uri`| -32020 | HeaderMismatch       |
 //!
-//! The version is checked before the headers so that a client speaking a revision we do not
-//! know gets the negotiable -32022 rather than a header complaint. A missing
+//! The header is compared with `_meta` before the version is judged, as the conformance suite
+//! and the SDKs do: a request whose header and body disagree is a mismatch (-32020) even when
+//! the body names a version nobody knows. A consistent request naming an unknown version gets
+//! the negotiable -32022, whose `data.supported` lists only the modern revisions: the versions
+//! a modern request can name, which are what `server/discover` reports (a legacy revision is
+//! negotiated with `initialize`, never in `_meta`). A missing
 //! `clientCapabilities` is -32602, not -32021: the spec reserves -32021
 //! (`MissingRequiredClientCapability`) for a request that *needs* a capability the client did not
 //! declare; [`check_client_capabilities`] builds that error for callers that know what they need
@@ -30,10 +34,11 @@ use http::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
 use crate::era::{
-    LEGACY_DEFAULT_VERSION, LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION,
-    is_modern_version, supported_versions,
+    Era, LEGACY_DEFAULT_VERSION, LEGACY_VERSIONS, META_CLIENT_CAPABILITIES, META_PROTOCOL_VERSION,
+    MODERN_VERSIONS, detect_era, is_legacy_version, is_modern_version,
 };
 use crate::jsonrpc::{Frame, Message, codes};
+use crate::tool::ParamHeader;
 
 /// `Mcp-Session-Id` (legacy sessions).
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -51,10 +56,11 @@ pub const MCP_PARAM_PREFIX: &str = "mcp-param-";
 const SENTINEL_PREFIX: &str = "=?base64?";
 const SENTINEL_SUFFIX: &str = "?=";
 
-/// Standard alphabet; padding optional on decode (the spec's examples pad, some clients may not).
+/// Standard alphabet, canonical padding required: the SEP-2243 test-case table (and the
+/// conformance suite after it) has a server reject `=?base64?SGVsbG8?=` for its missing padding.
 const DECODER: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
 );
 
 /// Why a header value could not be decoded.
@@ -72,7 +78,7 @@ pub enum HeaderValueError {
 }
 
 /// Decodes an MCP header value: `=?base64?{standard base64 of UTF-8}?=` (markers lowercase and
-/// case-sensitive, padding optional), otherwise the value itself, which must then be printable
+/// case-sensitive, padding required), otherwise the value itself, which must then be printable
 /// ASCII (0x20-0x7E).
 pub fn decode_header_value(value: &HeaderValue) -> Result<String, HeaderValueError> {
     let bytes = value.as_bytes();
@@ -151,6 +157,15 @@ pub enum HeaderCheckError {
         /// Body value.
         body_value: String,
     },
+    /// An `Mcp-Param-{Name}` header disagrees with the argument its tool declares for it:
+    /// missing, repeated, malformed, different, or present without the argument (-32020).
+    #[error("header mismatch: {header} header {problem}")]
+    Param {
+        /// `Mcp-Param-{Name}`, as the tool declares the name.
+        header: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// The requested protocol version is not supported (-32022).
     #[error("unsupported protocol version {requested:?}")]
     UnsupportedVersion {
@@ -177,7 +192,8 @@ impl HeaderCheckError {
             HeaderCheckError::Missing { .. }
             | HeaderCheckError::Repeated { .. }
             | HeaderCheckError::Malformed { .. }
-            | HeaderCheckError::Mismatch { .. } => codes::HEADER_MISMATCH,
+            | HeaderCheckError::Mismatch { .. }
+            | HeaderCheckError::Param { .. } => codes::HEADER_MISMATCH,
             HeaderCheckError::UnsupportedVersion { .. } => codes::UNSUPPORTED_VERSION,
             HeaderCheckError::InvalidParams(_) => codes::INVALID_PARAMS,
             HeaderCheckError::MissingCapability { .. } => codes::MISSING_CAPABILITY,
@@ -237,14 +253,8 @@ pub fn check_modern_headers(headers: &HeaderMap, frame: &Frame) -> Result<(), He
         }
         None => None,
     };
-    if let Some(v) = version
-        && !is_modern_version(v)
-    {
-        return Err(HeaderCheckError::UnsupportedVersion {
-            requested: v.to_owned(),
-            supported: supported_versions(),
-        });
-    }
+    // The header against `_meta` before the version itself: a header that says something the
+    // body does not is a mismatch whatever the version, known or not.
     compare_plain(
         headers,
         &MCP_PROTOCOL_VERSION,
@@ -252,6 +262,14 @@ pub fn check_modern_headers(headers: &HeaderMap, frame: &Frame) -> Result<(), He
         version,
         strict,
     )?;
+    if let Some(v) = version
+        && !is_modern_version(v)
+    {
+        return Err(HeaderCheckError::UnsupportedVersion {
+            requested: v.to_owned(),
+            supported: MODERN_VERSIONS.iter().rev().copied().collect(),
+        });
+    }
     if strict
         && !meta
             .and_then(|m| m.get(META_CLIENT_CAPABILITIES))
@@ -281,6 +299,27 @@ pub fn check_modern_headers(headers: &HeaderMap, frame: &Frame) -> Result<(), He
         }
     }
     Ok(())
+}
+
+/// The era of one POSTed message. Modern when `_meta` carries a protocol version
+/// ([`crate::era::detect_era`]), and also, outside a session, for a request whose
+/// `MCP-Protocol-Version` header names a revision that is not a legacy one: that is a modern
+/// request with a bad `_meta`, to be answered as the modern era says (-32602 from
+/// [`check_modern_headers`]), not a legacy request without its session (the MCP SDKs and the
+/// conformance suite route it so).
+pub fn request_era(headers: &HeaderMap, frame: &Frame) -> Era {
+    let era = detect_era(frame.message());
+    if era == Era::Legacy
+        && frame.is_request()
+        && !headers.contains_key(MCP_SESSION_ID)
+        && headers
+            .get(MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| !is_legacy_version(v))
+    {
+        return Era::Modern;
+    }
+    era
 }
 
 /// Compares a header that carries a plain (never base64) value with the body's value. A header
@@ -409,6 +448,88 @@ pub fn mcp_param_headers(headers: &HeaderMap) -> Result<Vec<(String, String)>, H
         }
     }
     Ok(out)
+}
+
+/// Cross-checks a modern `tools/call`'s `Mcp-Param-{Name}` headers with its `arguments`, for
+/// the `x-mcp-header` annotations `declared` by the tool's input schema
+/// ([`crate::tool::param_headers`]), as the 2026-07-28 Streamable HTTP transport requires of a
+/// server that processes the body:
+///
+/// | argument at the declared path | header          | outcome                        |
+/// |-------------------------------|-----------------|--------------------------------|
+/// | present, not `null`           | absent          | -32020 (non-conforming client) |
+/// | present, not `null`           | present         | decoded, must equal the value  |
+/// | absent or `null`              | absent          | fine                           |
+/// | absent or `null`              | present         | -32020 (says what the body does not) |
+///
+/// A header value is decoded first (`=?base64?…?=`; invalid base64, UTF-8 or characters are
+/// -32020). Strings compare as they are, booleans as `true` / `false`, numbers numerically (`42`
+/// and `42.0` are equal); an object or array never matches. A header that appears twice is
+/// refused. `Mcp-Param-*` headers no annotation names are not looked at: they are forwarded
+/// untouched.
+pub fn check_param_headers(
+    headers: &HeaderMap,
+    declared: &[ParamHeader],
+    arguments: Option<&Value>,
+) -> Result<(), HeaderCheckError> {
+    for param in declared {
+        let problem = |problem: String| HeaderCheckError::Param {
+            header: format!("Mcp-Param-{}", param.name),
+            problem,
+        };
+        let Ok(name) = HeaderName::try_from(format!(
+            "{MCP_PARAM_PREFIX}{}",
+            param.name.to_ascii_lowercase()
+        )) else {
+            continue;
+        };
+        let mut values = headers.get_all(&name).iter();
+        let (value, repeated) = (values.next(), values.next().is_some());
+        if repeated {
+            return Err(problem("appears more than once".to_owned()));
+        }
+        let body = arguments
+            .and_then(|args| param.path.iter().try_fold(args, |v, key| v.get(key)))
+            .filter(|v| !v.is_null());
+        let argument = param.path.join(".");
+        match (body, value) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(problem(format!(
+                    "is missing but argument {argument} is present"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(problem(format!(
+                    "is present but argument {argument} is not"
+                )));
+            }
+            (Some(body), Some(value)) => {
+                let decoded = decode_header_value(value)
+                    .map_err(|reason| problem(format!("is malformed: {reason}")))?;
+                if !same_argument(&decoded, body) {
+                    return Err(problem(format!(
+                        "value {decoded:?} does not match argument {argument}"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn same_argument(header: &str, body: &Value) -> bool {
+    match body {
+        Value::String(text) => header == text,
+        Value::Bool(flag) => header == if *flag { "true" } else { "false" },
+        Value::Number(number) => match (header.parse::<f64>(), number.as_f64()) {
+            (Ok(h), Some(b)) => h == b,
+            _ => false,
+        },
+        // `x-mcp-header` is only allowed on primitive arguments: an object or array never
+        // matches a header.
+        _ => false,
+    }
 }
 
 /// The POST `Accept` rule: true when the client accepts both `application/json` and

@@ -18,6 +18,7 @@ pub mod json;
 pub mod jsonrpc;
 pub mod session;
 pub mod sse;
+pub mod subscriptions;
 pub mod tool;
 
 pub use era::Era;

@@ -413,20 +413,26 @@ async fn a_full_channel_drops_and_counts_instead_of_waiting() {
         ..AuditOptions::default()
     };
     let log = AuditLog::open_with(&path, options).await.unwrap();
-    // On this single-threaded runtime the writer cannot run until the test awaits.
-    for i in 0..10 {
+    // A producer far faster than the writer: with room for 4 queued records, most are dropped,
+    // and `record` returns at once every time.
+    let total = 10_000u64;
+    for i in 0..total {
         log.record(rec(&i.to_string(), Decision::Allow));
     }
-    assert_eq!(log.dropped(), 6);
-    assert!(matches!(
-        log.try_record(rec("x", Decision::Allow)),
-        Err(AuditError::Full)
-    ));
-    assert_eq!(log.dropped(), 7);
+    let dropped = log.dropped();
+    assert!(dropped > 0, "a 4-record queue cannot hold {total} records");
     log.flush().await.unwrap();
     let report = verify(&path).unwrap();
-    assert_eq!((report.lines, report.intact), (4, true));
-    assert!(log.try_record(rec("y", Decision::Allow)).is_ok());
+    assert!(report.intact);
+    assert_eq!(
+        report.lines + dropped,
+        total,
+        "every record is either written or counted"
+    );
+    assert!(
+        log.try_record(rec("y", Decision::Allow)).is_ok(),
+        "room again after the flush"
+    );
 }
 
 #[tokio::test]
@@ -466,8 +472,13 @@ async fn after_a_failed_write_the_writer_stops_and_counts_what_it_loses() {
     let log = AuditLog::open("/dev/full").await.unwrap();
     log.record(rec("1", Decision::Allow));
     log.record(rec("2", Decision::Allow));
+    // The writer may have failed on its own timer before the flush arrived: either way the flush
+    // reports the failure.
     let err = log.flush().await.unwrap_err();
-    assert!(matches!(err, AuditError::WriteFailed(_)), "{err}");
+    assert!(
+        matches!(err, AuditError::WriteFailed(_) | AuditError::Stopped),
+        "{err}"
+    );
     assert_eq!(log.dropped(), 2);
     assert!(matches!(
         log.try_record(rec("3", Decision::Allow)),

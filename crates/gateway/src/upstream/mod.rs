@@ -19,6 +19,7 @@ use std::sync::Arc;
 use ::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::Stream;
+use tollgate_mcp::Era;
 use tollgate_mcp::sse::SseEvent;
 
 use crate::config::{Transport, UpstreamConfig};
@@ -90,6 +91,8 @@ pub struct OutboundRequest<'a> {
     pub method: Option<&'a str>,
     /// Session of a legacy request; `None` for `initialize` and modern requests.
     pub session: Option<&'a SessionRef>,
+    /// The era of the client's request (a stdio child has no headers to tell it by).
+    pub era: Era,
     /// Headers to forward (already filtered: never the client's `Authorization`).
     pub headers: HeaderMap,
 }

@@ -6,7 +6,8 @@
 //! ```text
 //!   post(initialize, no session) ──▶ new Channel(Session(n)) ──▶ child #n   (local_session = n)
 //!   post(.., session.local_id = n) ─▶ sessions[n]            ──▶ child #n
-//!   post(.., no session)            ─▶ the shared Channel     ──▶ shared child (started lazily)
+//!   post(.., no session)            ─▶ the shared Channel     ──▶ shared child (started lazily;
+//!                                                                  modern, stateless traffic)
 //!   get_stream(n)                   ─▶ child #n's unrouted server messages, as SSE
 //!   delete(n) / idle timeout        ─▶ session ends, child stopped (close stdin, SIGTERM, SIGKILL)
 //! ```
@@ -16,6 +17,39 @@
 //! rewritten to a gateway-unique integer and restored on the way back ([`rewrite`]). The routing
 //! of server messages, crash restarts and streaming answers live in [`channel`]; spawning,
 //! line framing and the stop sequence in [`process`].
+//!
+//! Modern requests (the era comes with each request) answered with a JSON-RPC error get
+//! the HTTP status the 2026-07-28 Streamable HTTP transport gives that error
+//! ([`modern_error_status`]: -32601 is 404; -32020, -32021, -32022 are 400): an HTTP server sets
+//! it itself, a child cannot. A modern `initialize` is answered -32601 by the gateway: on stdio
+//! the method is the legacy handshake, and forwarded to the shared child it would start a
+//! session there.
+//!
+//! ## `subscriptions/listen` on the shared child
+//!
+//! Many clients' listen streams share one child, so one pipe. The 2026-07-28 revision ties a
+//! notification to its stream on stdio with `params._meta["io.modelcontextprotocol/
+//! subscriptionId"]`, the id of the listen request, which on the child's side is the gateway id
+//! the request was rewritten to. That id is unique per gateway, so routing by it can never hand
+//! one client's notification to another:
+//!
+//! ```text
+//!   listen (filter F) ─▶ pending[gid] { listen: F, acknowledged: no } ─▶ child
+//!   child: acknowledged, subscriptionId = gid ─▶ pending[gid]: first message; F ∩= agreed
+//!   child: change, subscriptionId = gid       ─▶ pending[gid] if acknowledged and F admits it
+//!   child: change, no subscriptionId          ─▶ every acknowledged listen whose F admits it
+//!                                                (a server-wide event: a broadcast)
+//!   child: notifications/cancelled(gid)       ─▶ that listen stream ends
+//!   client closes the stream                  ─▶ notifications/cancelled(gid) to the child
+//! ```
+//!
+//! On the way out the tag is given the client's own listen id back (or added, for a
+//! broadcast), so each stream carries exactly its own subscription id. The gateway holds the
+//! child to the filter too: a notification the stream did not ask for, or one before its
+//! acknowledgement, is dropped, so the acknowledgement is always first. Change notifications of
+//! the shared child never ride on an ordinary request's stream, and request-scoped messages
+//! (progress, logging) never on a listen stream. A listen stream has no gap timeout: it is
+//! quiet for as long as nothing changes.
 //!
 //! Local session ids start at a random point, so that a session id sealed before this node
 //! restarted cannot name a new session by accident.
@@ -37,6 +71,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::StatusCode;
 use parking_lot::Mutex;
+use tollgate_mcp::Era;
+use tollgate_mcp::jsonrpc::codes;
+use tollgate_mcp::subscriptions::{self, NotificationFilter};
 use tollgate_telemetry::Metrics;
 use tollgate_telemetry::metrics::ServerLabels;
 
@@ -212,6 +249,15 @@ impl StdioUpstream {
             std::borrow::Cow::Borrowed(_) => request.body.clone(),
             std::borrow::Cow::Owned(line) => Bytes::from(line),
         };
+        if request.era == Era::Modern
+            && request.kind == MessageKind::Request
+            && request.method == Some("initialize")
+        {
+            // On stdio `initialize` is the legacy handshake: sent to the shared child it would
+            // turn a stateless child into a session. The modern revision removed the method,
+            // so a modern request naming it is answered as a modern server must answer it.
+            return Ok(removed_method(&body, "initialize"));
+        }
         let channel = match request.session {
             None if request.kind == MessageKind::Request
                 && request.method == Some("initialize") =>
@@ -222,7 +268,20 @@ impl StdioUpstream {
             Some(session) => self.session(session)?,
         };
         match request.kind {
-            MessageKind::Request => channel.request(&body).await,
+            MessageKind::Request if request.era == Era::Modern => {
+                let listen = (request.method == Some(subscriptions::LISTEN_METHOD))
+                    .then(|| listen_filter(&body));
+                let mut reply = channel.request(&body, listen).await?;
+                if let ReplyBody::Json(bytes) = &reply.body
+                    && let Some(code) = rewrite::RawMessage::parse(bytes)
+                        .ok()
+                        .and_then(|m| m.error_code())
+                {
+                    reply.status = modern_error_status(code);
+                }
+                Ok(reply)
+            }
+            MessageKind::Request => channel.request(&body, None).await,
             MessageKind::NoAnswer => {
                 channel.notify(request.method, body).await?;
                 Ok(UpstreamReply {
@@ -245,7 +304,7 @@ impl StdioUpstream {
                 process.request_stop();
             }
         };
-        let mut reply = match channel.request(&body).await {
+        let mut reply = match channel.request(&body, None).await {
             Ok(reply) => reply,
             Err(error) => {
                 stop(&channel);
@@ -307,6 +366,60 @@ impl StdioUpstream {
     pub fn children(&self) -> usize {
         self.inner.shared.children.load(Ordering::SeqCst)
     }
+}
+
+/// The HTTP status of a modern (2026-07-28) request answered with a JSON-RPC error, as the
+/// Streamable HTTP transport of that revision requires it of a server:
+///
+/// | code   | error                                   | status |
+/// |--------|-----------------------------------------|--------|
+/// | -32601 | Method not found                        | 404    |
+/// | -32020 | HeaderMismatch                          | 400    |
+/// | -32021 | MissingRequiredClientCapability         | 400    |
+/// | -32022 | UnsupportedProtocolVersion              | 400    |
+/// | other  | (in the body only)                      | 200    |
+///
+/// (-32602 for a missing or malformed `_meta` is 400 too, but the gateway answers those itself
+/// before anything is forwarded.) An HTTP upstream sets its own status, which the gateway passes
+/// on; a stdio child only speaks JSON-RPC, so this is the one place its answers get theirs. An
+/// answer that became an SSE stream (the child said something before its response) has
+/// committed to 200 already, as it has for an HTTP server.
+pub(crate) fn modern_error_status(code: i64) -> StatusCode {
+    match code {
+        codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        codes::HEADER_MISMATCH | codes::MISSING_CAPABILITY | codes::UNSUPPORTED_VERSION => {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::OK,
+    }
+}
+
+/// A modern -32601 (404) for a method the 2026-07-28 revision removed, with the request's id.
+fn removed_method(body: &[u8], method: &str) -> UpstreamReply {
+    let id = rewrite::RawMessage::parse(body)
+        .ok()
+        .and_then(|m| m.id.map(|id| id.get().to_owned()))
+        .unwrap_or_else(|| "null".to_owned());
+    let error = serde_json::json!({
+        "code": codes::METHOD_NOT_FOUND,
+        "message": format!("method not found: {method} (removed in 2026-07-28)"),
+    });
+    let answer = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{error}}}"#);
+    UpstreamReply {
+        status: modern_error_status(codes::METHOD_NOT_FOUND),
+        session_id: None,
+        local_session: None,
+        body: ReplyBody::Json(Bytes::from(answer)),
+    }
+}
+
+/// The notification filter of a `subscriptions/listen` request body (nothing, if unreadable:
+/// the child answers such a request itself).
+fn listen_filter(body: &[u8]) -> NotificationFilter {
+    let params = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("params").map(serde_json::Value::take));
+    NotificationFilter::of_listen(params.as_ref())
 }
 
 /// Ends the session `local_id` once it has been idle for `idle`.

@@ -156,9 +156,33 @@ fn an_unsupported_version_answers_32022_with_the_supported_list() {
     assert_eq!(err.code(), codes::UNSUPPORTED_VERSION);
     let data = err.data().unwrap();
     assert_eq!(data["requested"], json!("1900-01-01"));
-    let supported = data["supported"].as_array().unwrap();
-    assert_eq!(supported[0], json!("2026-07-28"));
-    assert!(supported.contains(&json!("2025-11-25")));
+    assert_eq!(
+        data["supported"],
+        json!(["2026-07-28"]),
+        "only the modern revisions, as server/discover reports them"
+    );
+}
+
+#[test]
+fn a_version_header_that_differs_from_meta_is_a_mismatch_even_when_meta_names_an_unknown_version() {
+    let f = frame(
+        json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"v999.0.0",
+                 "io.modelcontextprotocol/clientCapabilities":{}}}}),
+    );
+    let h = hdrs(&[
+        (&MCP_PROTOCOL_VERSION, "2026-07-28"),
+        (&MCP_METHOD, "server/discover"),
+    ]);
+    let err = check_modern_headers(&h, &f).unwrap_err();
+    assert_eq!(err.code(), codes::HEADER_MISMATCH, "{err:?}");
+    let missing = hdrs(&[(&MCP_METHOD, "server/discover")]);
+    let err = check_modern_headers(&missing, &f).unwrap_err();
+    assert_eq!(
+        err.code(),
+        codes::HEADER_MISMATCH,
+        "a missing header too: {err:?}"
+    );
 }
 
 #[test]
@@ -269,9 +293,12 @@ fn spec_examples_decode_and_encode() {
 }
 
 #[test]
-fn unpadded_base64_is_accepted_but_url_safe_is_not() {
+fn unpadded_or_url_safe_base64_is_refused() {
     let v = HeaderValue::from_static("=?base64?IHBhZGRlZCA?=");
-    assert_eq!(decode_header_value(&v).unwrap(), " padded ");
+    assert_eq!(
+        decode_header_value(&v),
+        Err(HeaderValueError::InvalidBase64)
+    );
     // "PT9iYXNlNjQ/bGl0ZXJhbD89" in the url-safe alphabet
     let v = HeaderValue::from_static("=?base64?PT9iYXNlNjQ_bGl0ZXJhbD89?=");
     assert_eq!(
@@ -352,4 +379,112 @@ fn accept_needs_both_json_and_sse() {
         (&ACCEPT, "text/event-stream"),
     ]);
     assert!(accepts_json_and_sse(&split));
+}
+
+fn region_and_count() -> Vec<crate::tool::ParamHeader> {
+    crate::tool::param_headers(&json!({"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"},
+        "count": {"type": "integer", "x-mcp-header": "Count"},
+        "dry": {"type": "boolean", "x-mcp-header": "Dry"}
+    }}))
+}
+
+fn params(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_static(k),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
+#[test]
+fn param_headers_that_mirror_their_arguments_pass() {
+    let declared = region_and_count();
+    let args = json!({"region": "Hello", "count": 42, "dry": true, "query": "x"});
+    for h in [
+        params(&[
+            ("mcp-param-region", "Hello"),
+            ("mcp-param-count", "42"),
+            ("mcp-param-dry", "true"),
+        ]),
+        params(&[
+            ("mcp-param-region", "=?base64?SGVsbG8=?="),
+            ("mcp-param-count", "42.0"),
+            ("mcp-param-dry", "true"),
+            ("mcp-param-unknown", "forwarded, never judged"),
+        ]),
+    ] {
+        check_param_headers(&h, &declared, Some(&args)).unwrap();
+    }
+    check_param_headers(&HeaderMap::new(), &declared, Some(&json!({"region": null}))).unwrap();
+    check_param_headers(&HeaderMap::new(), &declared, None).unwrap();
+}
+
+#[test]
+fn a_param_header_that_is_missing_different_malformed_repeated_or_unfounded_is_a_mismatch() {
+    let declared = region_and_count();
+    let args = json!({"region": "Hello"});
+    let cases = [
+        (params(&[]), "missing"),
+        (params(&[("mcp-param-region", "Bye")]), "different"),
+        (
+            params(&[("mcp-param-region", "=?base64?SGVsbG8?=")]),
+            "bad padding",
+        ),
+        (
+            params(&[("mcp-param-region", "=?base64?SGVs!!!bG8=?=")]),
+            "bad characters",
+        ),
+        (
+            params(&[("mcp-param-region", "Hello"), ("mcp-param-region", "Hello")]),
+            "repeated",
+        ),
+        (
+            params(&[("mcp-param-region", "Hello"), ("mcp-param-count", "1")]),
+            "no such argument",
+        ),
+    ];
+    for (h, case) in cases {
+        let err = check_param_headers(&h, &declared, Some(&args)).unwrap_err();
+        assert_eq!(err.code(), codes::HEADER_MISMATCH, "{case}: {err:?}");
+        assert_eq!(err.http_status(), http::StatusCode::BAD_REQUEST);
+        assert!(err.message().starts_with("header mismatch"), "{case}");
+    }
+}
+
+#[test]
+fn a_literal_value_that_only_looks_like_base64_is_compared_as_it_is() {
+    let declared = region_and_count();
+    let literal = "=?base64?SGVsbG8=";
+    let h = params(&[("mcp-param-region", literal)]);
+    check_param_headers(&h, &declared, Some(&json!({"region": literal}))).unwrap();
+    let h = params(&[("mcp-param-region", "SGVsbG8=")]);
+    check_param_headers(&h, &declared, Some(&json!({"region": "SGVsbG8="}))).unwrap();
+}
+
+#[test]
+fn a_request_is_modern_by_its_meta_or_outside_a_session_by_a_non_legacy_version_header() {
+    let bare = frame(json!({"jsonrpc":"2.0","id":1,"method":"server/discover","params":{}}));
+    let modern_header = hdrs(&[(&MCP_PROTOCOL_VERSION, "2026-07-28")]);
+    assert_eq!(request_era(&modern_header, &bare), Era::Modern);
+    assert_eq!(
+        check_modern_headers(&modern_header, &bare)
+            .unwrap_err()
+            .code(),
+        codes::INVALID_PARAMS,
+        "answered as a modern request without its _meta"
+    );
+    let legacy_header = hdrs(&[(&MCP_PROTOCOL_VERSION, "2025-11-25")]);
+    assert_eq!(request_era(&legacy_header, &bare), Era::Legacy);
+    assert_eq!(request_era(&HeaderMap::new(), &bare), Era::Legacy);
+    let mut in_session = modern_header.clone();
+    in_session.insert(MCP_SESSION_ID, HeaderValue::from_static("s"));
+    assert_eq!(request_era(&in_session, &bare), Era::Legacy);
+    assert_eq!(
+        request_era(&HeaderMap::new(), &modern_call("x")),
+        Era::Modern
+    );
 }

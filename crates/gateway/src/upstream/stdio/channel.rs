@@ -6,9 +6,15 @@
 //!                                                         │
 //!   child line ─▶ response  (id = gid)        ──▶ pending[gid].done      (original id restored)
 //!              ─▶ notifications/progress(gid) ──▶ pending[gid].events    (original token restored)
-//!              ─▶ other notification/request  ──▶ the one in-flight request's events, or else
-//!                                                 the GET stream (or its bounded backlog)
+//!              ─▶ tagged subscriptionId = gid ──▶ listen pending[gid], if its filter admits it
+//!              ─▶ untagged change (shared)    ──▶ every listen whose filter admits it
+//!              ─▶ other notification/request  ──▶ the one in-flight (non-listen) request's
+//!                                                 events, or else the GET stream (or its
+//!                                                 bounded backlog)
 //! ```
+//!
+//! (The listen routing and why it is safe on a child many clients share: see the parent
+//! module's docs.)
 //!
 //! A request's answer is JSON when the response is the first thing that comes back, and an SSE
 //! stream when something else comes first (the response then ends the stream). Dropping the
@@ -32,6 +38,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tollgate_mcp::sse::SseEvent;
+use tollgate_mcp::subscriptions::{self, NotificationFilter};
 
 use super::Shared;
 use super::process::{Process, Sink};
@@ -60,6 +67,16 @@ struct Pending {
     /// `None` for the gateway's replayed `initialize`, whose messages nobody reads.
     events: Option<mpsc::Sender<Bytes>>,
     done: oneshot::Sender<Result<Bytes, ProxyError>>,
+    /// Set for a `subscriptions/listen` request: its stream carries change notifications.
+    listen: Option<Listen>,
+}
+
+/// The state of one open `subscriptions/listen` stream.
+struct Listen {
+    /// What the client asked for, narrowed to what the child acknowledged.
+    filter: NotificationFilter,
+    /// The child's `notifications/subscriptions/acknowledged` went out first.
+    acknowledged: bool,
 }
 
 struct State {
@@ -266,7 +283,7 @@ impl Channel {
         deadline: Instant,
     ) -> Result<(), ProxyError> {
         let (done, answer) = oneshot::channel();
-        let (gid, line) = self.register(process, initialize, None, done)?;
+        let (gid, line) = self.register(process, initialize, None, done, None)?;
         let guard = PendingGuard::new(self.clone(), process.clone(), gid);
         write(process, &line, deadline).await?;
         match tokio::time::timeout_at(deadline, answer).await {
@@ -294,6 +311,7 @@ impl Channel {
         body: &[u8],
         events: Option<mpsc::Sender<Bytes>>,
         done: oneshot::Sender<Result<Bytes, ProxyError>>,
+        listen: Option<NotificationFilter>,
     ) -> Result<(u64, Vec<u8>), ProxyError> {
         let gid = self.shared.next_id();
         let rewritten = rewrite::rewrite_request(body, gid)
@@ -312,23 +330,31 @@ impl Channel {
                 original_token: rewritten.original_token,
                 events,
                 done,
+                listen: listen.map(|filter| Listen {
+                    filter,
+                    acknowledged: false,
+                }),
             },
         );
         state.idle_since = Instant::now();
         Ok((gid, rewritten.line))
     }
 
-    /// Sends a request and waits for the first thing the child says about it.
+    /// Sends a request and waits for the first thing the child says about it. `listen` is the
+    /// notification filter of a `subscriptions/listen` request: its stream stays open with no
+    /// gap timeout, and carries the change notifications routed to it (see [`Channel::route`]).
     pub(super) async fn request(
         self: &Arc<Self>,
         body: &[u8],
+        listen: Option<NotificationFilter>,
     ) -> Result<UpstreamReply, ProxyError> {
         let timeout = self.shared.options.request_timeout;
         let deadline = Instant::now() + timeout;
         let (process, _) = self.ensure_process(deadline).await?;
         let (events_tx, mut events) = mpsc::channel(REQUEST_QUEUE);
         let (done_tx, mut done) = oneshot::channel();
-        let (gid, line) = self.register(&process, body, Some(events_tx), done_tx)?;
+        let listening = listen.is_some();
+        let (gid, line) = self.register(&process, body, Some(events_tx), done_tx, listen)?;
         let guard = PendingGuard::new(self.clone(), process.clone(), gid);
         write(&process, &line, deadline).await?;
         let mut events_open = true;
@@ -337,6 +363,7 @@ impl Channel {
                 biased;
                 event = events.recv(), if events_open => match event {
                     Some(first) => {
+                        let timeout = (!listening).then_some(timeout);
                         let stream = RequestStream { first: Some(first), events, events_open: true, done, guard, timeout, finished: false };
                         return Ok(reply(ReplyBody::Sse(stream.into_stream())));
                     }
@@ -426,7 +453,8 @@ impl Channel {
 
     /// Routes one server message to where it belongs.
     fn route(&self, state: &mut State, line: &[u8], message: &RawMessage<'_>) {
-        if message.method.as_deref() == Some("notifications/progress")
+        let method = message.method.as_deref().unwrap_or_default();
+        if method == "notifications/progress"
             && let Some(gid) = message.progress_token()
             && let Some(pending) = state.pending.get(&gid)
             && let Some(token) = &pending.original_token
@@ -443,7 +471,36 @@ impl Channel {
             }
             return;
         }
-        let mut readers = state.pending.values().filter_map(|p| p.events.as_ref());
+        if let Some(tag) = message.subscription_id() {
+            // Tagged by the child for one listen request: that stream, or nowhere.
+            match tag.and_then(|gid| state.pending.get_mut(&gid)) {
+                Some(pending) if pending.listen.is_some() => {
+                    self.to_listen(pending, message);
+                }
+                _ => {
+                    tracing::debug!(server = %self.server(), method, "notification for no open listen stream dropped");
+                }
+            }
+            return;
+        }
+        if method == "notifications/cancelled" && self.end_listen(state, message) {
+            return;
+        }
+        if method == subscriptions::ACKNOWLEDGED {
+            tracing::warn!(server = %self.server(), "untagged subscription acknowledgement dropped: it names no listen request");
+            return;
+        }
+        if self.role == Role::Shared && subscriptions::is_change_notification(method) {
+            self.broadcast(state, message);
+            return;
+        }
+        // Request-scoped messages (logging, progress without a token of ours, server requests)
+        // belong to a request's stream, never to a listen stream.
+        let mut readers = state
+            .pending
+            .values()
+            .filter(|p| p.listen.is_none())
+            .filter_map(|p| p.events.as_ref());
         if let (Some(only), None) = (readers.next(), readers.next()) {
             deliver(self.server(), only, Bytes::copy_from_slice(line));
             return;
@@ -467,6 +524,88 @@ impl Channel {
         } else {
             push_backlog(self.server(), &mut state.backlog, message);
         }
+    }
+
+    /// Delivers a notification the child tagged for the listen stream of `pending`: the
+    /// acknowledgement first (which narrows the filter to what the child agreed to), then only
+    /// what the filter admits, each given back the client's own subscription id.
+    fn to_listen(&self, pending: &mut Pending, message: &RawMessage<'_>) {
+        let method = message.method.as_deref().unwrap_or_default();
+        let (Some(listen), Some(events)) = (pending.listen.as_mut(), pending.events.as_ref())
+        else {
+            return;
+        };
+        let params = matches!(
+            method,
+            subscriptions::ACKNOWLEDGED | "notifications/resources/updated"
+        )
+        .then(|| message.params_value())
+        .flatten();
+        if method == subscriptions::ACKNOWLEDGED {
+            if listen.acknowledged {
+                tracing::debug!(server = %self.server(), "repeated subscription acknowledgement dropped");
+                return;
+            }
+            let agreed = NotificationFilter::of_listen(params.as_ref());
+            listen.filter = listen.filter.intersect(&agreed);
+            listen.acknowledged = true;
+        } else if !listen.acknowledged {
+            tracing::warn!(server = %self.server(), method, "listen notification sent before its acknowledgement dropped");
+            return;
+        } else if listen.filter.admits(method, params.as_ref()) == Some(false) {
+            tracing::debug!(server = %self.server(), method, "notification the listen stream did not ask for dropped");
+            return;
+        }
+        match rewrite::with_subscription_id(message, &pending.original_id) {
+            Ok(Some(bytes)) => deliver(self.server(), events, Bytes::from(bytes)),
+            _ => {
+                tracing::debug!(server = %self.server(), method, "unreadable listen notification dropped")
+            }
+        }
+    }
+
+    /// An untagged change notification of the shared child is a server-wide event: every
+    /// acknowledged listen stream whose filter admits it gets a copy tagged with its own id.
+    fn broadcast(&self, state: &State, message: &RawMessage<'_>) {
+        let method = message.method.as_deref().unwrap_or_default();
+        let params = (method == "notifications/resources/updated")
+            .then(|| message.params_value())
+            .flatten();
+        let mut delivered = 0;
+        for pending in state.pending.values() {
+            let (Some(listen), Some(events)) = (&pending.listen, &pending.events) else {
+                continue;
+            };
+            if !listen.acknowledged || listen.filter.admits(method, params.as_ref()) != Some(true) {
+                continue;
+            }
+            if let Ok(Some(bytes)) = rewrite::with_subscription_id(message, &pending.original_id) {
+                deliver(self.server(), events, Bytes::from(bytes));
+                delivered += 1;
+            }
+        }
+        if delivered == 0 {
+            tracing::debug!(server = %self.server(), method, "change notification no listen stream asked for dropped");
+        }
+    }
+
+    /// The child's `notifications/cancelled` naming a listen request: it ended that stream
+    /// (stdio has no other way to close one). The downstream stream ends. `false` when the
+    /// notification names no open listen stream.
+    fn end_listen(&self, state: &mut State, message: &RawMessage<'_>) -> bool {
+        let Some(gid) = message
+            .params_value()
+            .and_then(|p| p.get("requestId").and_then(serde_json::Value::as_u64))
+        else {
+            return false;
+        };
+        if state.pending.get(&gid).is_none_or(|p| p.listen.is_none()) {
+            return false;
+        }
+        tracing::debug!(server = %self.server(), gid, "the stdio server ended a listen stream");
+        // Dropping the entry closes the stream; the guard finds nothing left to cancel.
+        state.pending.remove(&gid);
+        true
     }
 
     /// The request `gid` will not be answered to anyone: forget it and tell the child.
@@ -641,7 +780,9 @@ struct RequestStream {
     events_open: bool,
     done: oneshot::Receiver<Result<Bytes, ProxyError>>,
     guard: PendingGuard,
-    timeout: Duration,
+    /// The longest gap between two messages; `None` for a listen stream, which may stay quiet
+    /// for as long as nothing changes.
+    timeout: Option<Duration>,
     finished: bool,
 }
 
@@ -661,7 +802,8 @@ impl RequestStream {
     }
 
     async fn next_item(&mut self) -> Result<SseEvent, ProxyError> {
-        let deadline = Instant::now() + self.timeout;
+        let gap = self.timeout;
+        let deadline = Instant::now() + gap.unwrap_or(Duration::ZERO);
         loop {
             tokio::select! {
                 biased;
@@ -678,7 +820,7 @@ impl RequestStream {
                         Err(_) => Err(self.guard.channel.died()),
                     };
                 }
-                () = tokio::time::sleep_until(deadline) => {
+                () = tokio::time::sleep_until(deadline), if gap.is_some() => {
                     self.finished = true;
                     self.guard.armed = false;
                     let channel = &self.guard.channel;

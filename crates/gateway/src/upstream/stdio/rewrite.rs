@@ -19,6 +19,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tollgate_mcp::subscriptions::META_SUBSCRIPTION_ID;
 
 /// A JSON-RPC message with its members kept raw. Unknown members are ignored.
 #[derive(Debug, Deserialize)]
@@ -51,6 +52,27 @@ impl<'a> RawMessage<'a> {
         self.id.and_then(|id| serde_json::from_str(id.get()).ok())
     }
 
+    /// `error.code`, when the message is an error response with an integer code.
+    pub fn error_code(&self) -> Option<i64> {
+        let error = RawMap::parse(self.error?)?;
+        serde_json::from_str(error.get("code")?.get()).ok()
+    }
+
+    /// `params._meta["io.modelcontextprotocol/subscriptionId"]` as a gateway-assigned integer:
+    /// the listen request a notification belongs to. `Some(None)` when the tag is there but is
+    /// not one of ours.
+    pub fn subscription_id(&self) -> Option<Option<u64>> {
+        let params = RawMap::parse(self.params?)?;
+        let meta = RawMap::parse(params.get("_meta")?)?;
+        let tag = meta.get(META_SUBSCRIPTION_ID)?;
+        Some(serde_json::from_str(tag.get()).ok())
+    }
+
+    /// `params` parsed, for the few notifications the gateway must look into.
+    pub fn params_value(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(self.params?.get()).ok()
+    }
+
     /// `params.progressToken` as a gateway-assigned integer (for `notifications/progress`).
     pub fn progress_token(&self) -> Option<u64> {
         let params = RawMap::parse(self.params?)?;
@@ -71,6 +93,13 @@ impl<'a> RawMap<'a> {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_ref())
+    }
+
+    /// Sets `key` to `value`, in place when present, else as the last member.
+    fn set(&mut self, key: &str, value: Box<RawValue>) {
+        if self.replace(key, value.clone()).is_none() {
+            self.0.push((key.to_owned(), Cow::Owned(value)));
+        }
     }
 
     /// Replaces the value of `key`; returns the old value, or `None` (and changes nothing) when
@@ -250,6 +279,34 @@ pub(super) fn restore_progress(
     })?))
 }
 
+/// The notification `message` tagged for the listen stream whose client-side id is
+/// `subscription`: `params._meta["io.modelcontextprotocol/subscriptionId"]` set (the child's
+/// gateway id given back its original form, or a tag added to an untagged notification), every
+/// other member left raw.
+pub(super) fn with_subscription_id(
+    message: &RawMessage<'_>,
+    subscription: &RawValue,
+) -> Result<Option<Vec<u8>>, serde_json::Error> {
+    let Some(method) = message.method.as_deref() else {
+        return Ok(None);
+    };
+    let empty = RawValue::from_string("{}".to_owned())?;
+    let Some(mut params) = RawMap::parse(message.params.unwrap_or(&empty)) else {
+        return Ok(None);
+    };
+    let Some(mut meta) = RawMap::parse(params.get("_meta").unwrap_or(&empty)) else {
+        return Ok(None);
+    };
+    meta.set(META_SUBSCRIPTION_ID, subscription.to_owned());
+    params.set("_meta", meta.to_raw()?);
+    let params = params.to_raw()?;
+    Ok(Some(serde_json::to_vec(&Notification {
+        jsonrpc: "2.0",
+        method,
+        params: Some(&params),
+    })?))
+}
+
 /// The client's `notifications/cancelled` pointed at the gateway id of the request it names.
 /// `gateway_id_of` maps the client's `requestId` (raw) to a gateway id.
 pub(super) fn rewrite_cancelled(
@@ -376,6 +433,43 @@ mod tests {
             text(&restore_progress(&message, &token).unwrap().unwrap()),
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"tok","progress":1,"total":2}}"#
         );
+    }
+
+    #[test]
+    fn a_listen_notification_gets_the_clients_subscription_id_back() {
+        let line = br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":12,"x":1.0},"n":1.50}}"#;
+        let message = RawMessage::parse(line).unwrap();
+        assert_eq!(message.subscription_id(), Some(Some(12)));
+        let original = RawValue::from_string(r#""listen-a""#.into()).unwrap();
+        assert_eq!(
+            text(&with_subscription_id(&message, &original).unwrap().unwrap()),
+            r#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":"listen-a","x":1.0},"n":1.50}}"#
+        );
+    }
+
+    #[test]
+    fn an_untagged_notification_is_tagged_for_the_stream_it_is_given_to() {
+        let untagged = br#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed"}"#;
+        let message = RawMessage::parse(untagged).unwrap();
+        assert_eq!(message.subscription_id(), None);
+        let original = RawValue::from_string("3".into()).unwrap();
+        assert_eq!(
+            text(&with_subscription_id(&message, &original).unwrap().unwrap()),
+            r#"{"jsonrpc":"2.0","method":"notifications/prompts/list_changed","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":3}}}"#
+        );
+        let foreign = br#"{"jsonrpc":"2.0","method":"m","params":{"_meta":{"io.modelcontextprotocol/subscriptionId":"x"}}}"#;
+        assert_eq!(
+            RawMessage::parse(foreign).unwrap().subscription_id(),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn an_error_responses_code_is_read() {
+        let line = br#"{"jsonrpc":"2.0","id":1,"error":{"message":"m","code":-32601}}"#;
+        assert_eq!(RawMessage::parse(line).unwrap().error_code(), Some(-32601));
+        let line = br#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        assert_eq!(RawMessage::parse(line).unwrap().error_code(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use http::{HeaderMap, StatusCode};
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use serde_json::{Value, json};
+use tollgate_mcp::Era;
 use tollgate_telemetry::Metrics;
 use tollgate_telemetry::metrics::{ServerLabels, UpstreamErrorLabels};
 use tracing::info;
@@ -81,6 +82,11 @@ async fn send(
         kind,
         method,
         session,
+        era: if session.is_none() && method != Some("initialize") {
+            Era::Modern
+        } else {
+            Era::Legacy
+        },
         headers: HeaderMap::new(),
     };
     tokio::time::timeout(WAIT, up.post(request))
@@ -634,4 +640,322 @@ async fn an_unknown_session_is_not_found() {
         ProxyError::SessionNotFound
     ));
     assert_eq!(up.children(), 0, "nothing was spawned");
+}
+
+// -------------------------------------------------------------------------------------------------
+// Modern (2026-07-28) traffic on the shared child: HTTP statuses and `subscriptions/listen`.
+// -------------------------------------------------------------------------------------------------
+
+/// A modern stdio server that honours `subscriptions/listen` as the spec says for stdio: the
+/// acknowledgement and every notification of a stream carry the listen request's id in
+/// `_meta["io.modelcontextprotocol/subscriptionId"]`. It agrees to everything asked but
+/// `resourcesListChanged`. `tools/call change {kind, mode, delay}` announces a tools or prompts
+/// list change: tagged for the listens that asked (`tagged`), tagged for every listen (`leak`, a
+/// misbehaving server), or once untagged (`untagged`); after `delay` seconds in the background
+/// when given. `end_listens` ends every listen with `notifications/cancelled`;
+/// `needs_sampling` answers -32021; unknown methods -32601, unknown tools -32602.
+const MODERN_CHILD: &str = r#"
+import json, sys, threading, time
+lock = threading.Lock()
+listens = {}
+KIND = {"tools": "notifications/tools/list_changed", "prompts": "notifications/prompts/list_changed"}
+FLAG = {"tools": "toolsListChanged", "prompts": "promptsListChanged"}
+def send(m):
+    line = json.dumps(m, separators=(",", ":"))
+    with lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+def note(method, sub, **params):
+    if sub is not None:
+        params["_meta"] = {"io.modelcontextprotocol/subscriptionId": sub}
+    send({"jsonrpc": "2.0", "method": method, "params": params})
+def change(kind, mode, delay):
+    time.sleep(delay)
+    with lock:
+        subs = dict(listens)
+    if mode == "untagged":
+        note(KIND[kind], None)
+        return
+    for sub, agreed in subs.items():
+        if mode == "leak" or agreed.get(FLAG[kind]):
+            note(KIND[kind], sub)
+def call(m):
+    name = m["params"]["name"]
+    a = m["params"].get("arguments") or {}
+    if name == "change":
+        args = (a["kind"], a.get("mode", "tagged"), a.get("delay", 0))
+        if a.get("delay"):
+            threading.Thread(target=change, args=args, daemon=True).start()
+        else:
+            change(*args)
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"content": [], "resultType": "complete"}})
+    elif name == "end_listens":
+        with lock:
+            subs = list(listens)
+            listens.clear()
+        for sub in subs:
+            send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": sub}})
+        send({"jsonrpc": "2.0", "id": m["id"], "result": {"content": [], "resultType": "complete"}})
+    elif name == "needs_sampling":
+        send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32021, "message": "missing capability",
+              "data": {"requiredCapabilities": {"sampling": {}}}}})
+    else:
+        send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32602, "message": "unknown tool"}})
+for raw in sys.stdin:
+    if not raw.strip():
+        continue
+    m = json.loads(raw)
+    method = m.get("method")
+    if "id" not in m:
+        if method == "notifications/cancelled":
+            with lock:
+                listens.pop(m["params"]["requestId"], None)
+        continue
+    if method == "subscriptions/listen":
+        asked = m["params"].get("notifications") or {}
+        agreed = {k: v for k, v in asked.items() if k != "resourcesListChanged"}
+        with lock:
+            listens[m["id"]] = agreed
+        note("notifications/subscriptions/acknowledged", m["id"], notifications=agreed)
+    elif method == "tools/call":
+        threading.Thread(target=call, args=(m,), daemon=True).start()
+    else:
+        send({"jsonrpc": "2.0", "id": m["id"], "error": {"code": -32601, "message": "method not found"}})
+"#;
+
+fn modern_upstream(request_timeout: Duration) -> StdioUpstream {
+    let options = StdioOptions {
+        server: SERVER.into(),
+        command: "python3".into(),
+        args: vec!["-c".into(), MODERN_CHILD.into()],
+        env: vec![("PYTHONUNBUFFERED".into(), "1".into())],
+        idle_timeout: Duration::from_secs(60),
+        request_timeout,
+        node_id: "node-1".into(),
+    };
+    upstream(options).0
+}
+
+fn modern_meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+           "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+async fn modern_request(
+    up: &StdioUpstream,
+    id: Value,
+    method: &str,
+    params: Value,
+) -> UpstreamReply {
+    let mut params = params;
+    params["_meta"] = modern_meta();
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    send(
+        up,
+        None,
+        MessageKind::Request,
+        Some(method),
+        body.to_string(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn listen(up: &StdioUpstream, id: Value, notifications: Value) -> SseStream {
+    let reply = modern_request(
+        up,
+        id,
+        "subscriptions/listen",
+        json!({"notifications": notifications}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    sse_body(reply)
+}
+
+async fn change(up: &StdioUpstream, kind: &str, mode: &str, delay: f64) {
+    let reply = modern_request(
+        up,
+        json!(format!("change-{kind}-{mode}")),
+        "tools/call",
+        json!({"name": "change", "arguments": {"kind": kind, "mode": mode, "delay": delay}}),
+    )
+    .await;
+    // A change notification never rides on the stream of the request that caused it.
+    assert_eq!(
+        json_body(reply)["result"]["resultType"],
+        "complete",
+        "{kind} {mode}"
+    );
+}
+
+fn subscription_of(notification: &Value) -> &Value {
+    &notification["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]
+}
+
+#[tokio::test]
+async fn a_modern_error_answer_gets_the_http_status_of_the_modern_transport() {
+    let up = modern_upstream(Duration::from_secs(10));
+    info!("--- -32601 is 404, -32021 is 400, any other error stays in a 200 body");
+    let unknown = modern_request(&up, json!(1), "unknown/method", json!({})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let missing = modern_request(
+        &up,
+        json!(2),
+        "tools/call",
+        json!({"name": "needs_sampling", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    let answer = json_body(
+        modern_request(
+            &up,
+            json!(3),
+            "tools/call",
+            json!({"name": "nope", "arguments": {}}),
+        )
+        .await,
+    );
+    assert_eq!(answer["error"]["code"], -32602);
+
+    info!("--- a modern initialize never reaches the shared child: it would start a session");
+    let body = json!({"jsonrpc": "2.0", "id": "i-1", "method": "initialize",
+                      "params": {"_meta": modern_meta()}});
+    let reply = up
+        .post(OutboundRequest {
+            body: Bytes::from(body.to_string()),
+            kind: MessageKind::Request,
+            method: Some("initialize"),
+            session: None,
+            era: Era::Modern,
+            headers: HeaderMap::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.local_session.is_none());
+    let answer = match reply.body {
+        ReplyBody::Json(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap(),
+        other => panic!("expected JSON, got {other:?}"),
+    };
+    assert_eq!(answer["id"], "i-1");
+    assert_eq!(answer["error"]["code"], -32601);
+    assert_eq!(up.children(), 1, "only the shared child runs");
+    up.shutdown().await;
+
+    info!("--- a legacy session's errors keep their 200: its transport has no such table");
+    let (legacy, _metrics) = upstream(options(&[]));
+    let session = open_session(&legacy).await;
+    let body = json!({"jsonrpc": "2.0", "id": 4, "method": "unknown/method"});
+    let reply = send(
+        &legacy,
+        Some(&session),
+        MessageKind::Request,
+        Some("unknown/method"),
+        body.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(json_body(reply)["error"]["code"], -32601);
+    legacy.shutdown().await;
+}
+
+#[test]
+fn the_modern_status_table_covers_the_codes_the_transport_names() {
+    use super::modern_error_status;
+    assert_eq!(modern_error_status(-32601), StatusCode::NOT_FOUND);
+    for code in [-32020, -32021, -32022] {
+        assert_eq!(modern_error_status(code), StatusCode::BAD_REQUEST, "{code}");
+    }
+    for code in [-32602, -32603, -32000, 1] {
+        assert_eq!(modern_error_status(code), StatusCode::OK, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn each_listen_stream_gets_its_acknowledgement_first_and_only_what_it_asked_for() {
+    let up = modern_upstream(Duration::from_secs(10));
+    info!("--- two clients listen on the shared child, with ids of their own");
+    let mut tools = listen(
+        &up,
+        json!("tools-listener"),
+        json!({"toolsListChanged": true}),
+    )
+    .await;
+    let mut prompts = listen(
+        &up,
+        json!(7),
+        json!({"promptsListChanged": true, "resourcesListChanged": true}),
+    )
+    .await;
+    let ack = next_event(&mut tools).await;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(subscription_of(&ack), "tools-listener");
+    let ack = next_event(&mut prompts).await;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    assert_eq!(subscription_of(&ack), 7);
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"promptsListChanged": true}),
+        "the child's acknowledgement is passed on as it is"
+    );
+
+    info!("--- the child tags a tools change for both streams; the prompts stream did not ask");
+    change(&up, "tools", "leak", 0.0).await;
+    info!("--- a prompts change tagged for the prompts stream only");
+    change(&up, "prompts", "tagged", 0.0).await;
+    info!("--- an untagged tools change: a server-wide event, for every stream that asked");
+    change(&up, "tools", "untagged", 0.0).await;
+    info!("--- an untagged prompts change: for the prompts stream");
+    change(&up, "prompts", "untagged", 0.0).await;
+
+    for _ in 0..2 {
+        let seen = next_event(&mut tools).await;
+        assert_eq!(seen["method"], "notifications/tools/list_changed", "{seen}");
+        assert_eq!(subscription_of(&seen), "tools-listener");
+    }
+    for _ in 0..2 {
+        let seen = next_event(&mut prompts).await;
+        assert_eq!(
+            seen["method"], "notifications/prompts/list_changed",
+            "{seen}"
+        );
+        assert_eq!(subscription_of(&seen), 7);
+    }
+
+    info!("--- the child ends both subscriptions: both streams end");
+    let ended = modern_request(
+        &up,
+        json!(9),
+        "tools/call",
+        json!({"name": "end_listens", "arguments": {}}),
+    )
+    .await;
+    assert_eq!(json_body(ended)["id"], 9);
+    for stream in [&mut tools, &mut prompts] {
+        let end = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("the stream did not end");
+        assert!(
+            !matches!(end, Some(Ok(_))),
+            "no notification after the end: {end:?}"
+        );
+    }
+    up.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_quiet_listen_stream_is_not_cut_off_by_the_request_timeout() {
+    let up = modern_upstream(Duration::from_millis(300));
+    let mut tools = listen(&up, json!(1), json!({"toolsListChanged": true})).await;
+    assert_eq!(
+        next_event(&mut tools).await["method"],
+        "notifications/subscriptions/acknowledged"
+    );
+    info!("--- the child announces a change well after the request timeout");
+    change(&up, "tools", "tagged", 1.0).await;
+    let seen = next_event(&mut tools).await;
+    assert_eq!(seen["method"], "notifications/tools/list_changed");
+    assert_eq!(subscription_of(&seen), 1);
+    up.shutdown().await;
 }
