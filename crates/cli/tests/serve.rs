@@ -46,8 +46,8 @@ async fn call_echo(url: &str) -> Value {
     // The upstream may answer over SSE: the response is the last `data:` line.
     let json = text
         .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("data:"))
         .map(str::trim)
         .unwrap_or(text.as_str());
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"))
