@@ -17,7 +17,11 @@ pub fn jsonrpc_frame(data: &[u8]) {
     };
     let standard: serde_json::Value =
         serde_json::from_slice(data).expect("a frame the strict parser accepts is valid JSON");
-    assert_eq!(&standard, frame.value(), "strict and standard readings differ");
+    assert_eq!(
+        &standard,
+        frame.value(),
+        "strict and standard readings differ"
+    );
     let _ = tollgate_mcp::era::detect_era(frame.message());
     let _ = tollgate_mcp::headers::check_modern_headers(&http::HeaderMap::new(), &frame);
     let _ = frame.tool_name();
@@ -32,7 +36,8 @@ pub fn policy_loader(data: &[u8]) {
     let again = Policy::from_json(data).expect("accepted twice");
     assert_eq!(policy.digest(), again.digest());
     let _ = policy.summary();
-    let args: serde_json::Value = serde_json::json!({"a": 1, "b": "x", "c": [1, 2], "d": {"e": null}});
+    let args: serde_json::Value =
+        serde_json::json!({"a": 1, "b": "x", "c": [1, 2], "d": {"e": null}});
     for tool in ["run-rerun", "a", "x", "", "*"] {
         let _ = policy.is_visible(tool);
         for known in [true, false] {
@@ -47,7 +52,11 @@ pub fn policy_loader(data: &[u8]) {
         let canonical = tollgate_policy::canonical_json(&value);
         let reparsed: serde_json::Value =
             serde_json::from_str(&canonical).expect("canonical JSON parses");
-        assert_eq!(canonical, tollgate_policy::canonical_json(&reparsed), "JCS is idempotent");
+        assert_eq!(
+            canonical,
+            tollgate_policy::canonical_json(&reparsed),
+            "JCS is idempotent"
+        );
     }
 }
 

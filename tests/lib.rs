@@ -25,6 +25,8 @@ pub enum UpstreamSpec {
     Http {
         url: String,
         headers: Vec<(String, String)>,
+        /// `tls_*` keys and their file paths (see `https_upstream`).
+        tls: Vec<(String, PathBuf)>,
     },
     /// A stdio command.
     Stdio { command: String, args: Vec<String> },
@@ -73,6 +75,7 @@ impl GatewayBuilder {
             UpstreamSpec::Http {
                 url: url.to_owned(),
                 headers: Vec::new(),
+                tls: Vec::new(),
             },
         ));
         self
@@ -92,6 +95,7 @@ impl GatewayBuilder {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                tls: Vec::new(),
             },
         ));
         self
@@ -154,8 +158,11 @@ impl GatewayBuilder {
         for (name, spec) in &self.upstreams {
             text.push_str(&format!("[[upstreams]]\nname = {}\n", q(name)));
             match spec {
-                UpstreamSpec::Http { url, headers } => {
+                UpstreamSpec::Http { url, headers, tls } => {
                     text.push_str(&format!("url = {}\n", q(url)));
+                    for (key, path) in tls {
+                        text.push_str(&format!("{key} = {}\n", q(&path.display().to_string())));
+                    }
                     if !headers.is_empty() {
                         let pairs: Vec<String> = headers
                             .iter()
@@ -869,5 +876,36 @@ pub mod interop {
     pub fn count_status(lines: &[String], status: &str) -> usize {
         let suffix = format!(": {status}");
         lines.iter().filter(|l| l.ends_with(&suffix)).count()
+    }
+}
+
+// =================================================================================================
+// HTTPS upstreams (tests/tests/tls.rs): the builder's `tls_*` keys. The certificates and the
+// TLS-terminating upstream live in that suite, which alone needs rcgen and tokio-rustls.
+// =================================================================================================
+
+impl GatewayBuilder {
+    /// An `https://` upstream trusting `ca_file` (a PEM bundle) besides the platform's store;
+    /// `None` trusts the platform's store alone.
+    pub fn https_upstream(self, name: &str, url: &str, ca_file: Option<&Path>) -> Self {
+        let keys: Vec<(&str, &Path)> = ca_file.map(|f| ("tls_ca_file", f)).into_iter().collect();
+        self.https_upstream_with(name, url, &keys)
+    }
+
+    /// An `https://` upstream with any `tls_*` keys (`tls_ca_file`, `tls_client_cert`,
+    /// `tls_client_key`), each naming a file.
+    pub fn https_upstream_with(mut self, name: &str, url: &str, tls: &[(&str, &Path)]) -> Self {
+        self.upstreams.push((
+            name.to_owned(),
+            UpstreamSpec::Http {
+                url: url.to_owned(),
+                headers: Vec::new(),
+                tls: tls
+                    .iter()
+                    .map(|(k, p)| (k.to_string(), p.to_path_buf()))
+                    .collect(),
+            },
+        ));
+        self
     }
 }

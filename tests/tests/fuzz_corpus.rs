@@ -15,7 +15,11 @@ fn replay(target: &str, check: fn(&[u8])) {
         let path = entry.unwrap().path();
         let data = std::fs::read(&path).unwrap();
         let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{} fails its property check", path.display());
+        assert!(
+            outcome.is_ok(),
+            "{} fails its property check",
+            path.display()
+        );
         count += 1;
     }
     assert!(count > 0, "no corpus for {target}");

@@ -4,6 +4,9 @@
 //! them into validated types so that runtime code only ever sees valid values. Every error names the
 //! path of the bad key (`upstreams[1].url`); the binary exits with code 64 on any of them.
 //!
+//! An `https://` upstream's certificates and keys (`tls_*`) are read and checked here too, so a bad
+//! file stops the start rather than the first call: see [`tls`].
+//!
 //! Precedence: a value in the file wins over the environment, which wins over the default
 //! (`TOLLGATE_DATA_ADDR`, `TOLLGATE_ADMIN_ADDR`, `TOLLGATE_AUDIT_PATH`). The complete, commented
 //! example is `examples/tollgate.toml`.
@@ -20,6 +23,10 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tollgate_policy::Policy;
+
+pub use self::tls::{ClientIdentity, UpstreamTls};
+
+mod tls;
 
 /// Environment variable overriding the data-plane listen address when the file has none.
 pub const ENV_DATA_ADDR: &str = "TOLLGATE_DATA_ADDR";
@@ -148,6 +155,29 @@ struct RawUpstream {
     args: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     idle_timeout_secs: Option<u64>,
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+}
+
+/// The `tls_*` keys of one upstream.
+struct RawTls {
+    tls_ca_file: Option<PathBuf>,
+    tls_client_cert: Option<PathBuf>,
+    tls_client_key: Option<PathBuf>,
+}
+
+impl RawTls {
+    /// The `tls_*` keys that are set, by name.
+    fn keys_set(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("tls_ca_file", self.tls_ca_file.is_some()),
+            ("tls_client_cert", self.tls_client_cert.is_some()),
+            ("tls_client_key", self.tls_client_key.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -244,12 +274,15 @@ pub struct UpstreamConfig {
 /// How an upstream is reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    /// Streamable HTTP.
+    /// Streamable HTTP, over TLS for an `https://` url.
     Http {
         /// The upstream's MCP endpoint.
         url: Uri,
         /// Static headers injected into every upstream request (the upstream's own credentials).
         headers: Vec<(HeaderName, HeaderValue)>,
+        /// Extra trust anchors and a client identity (`tls_*` keys) of an `https://` url; `None`
+        /// trusts the platform's store only and presents no client certificate.
+        tls: Option<UpstreamTls>,
     },
     /// A child process speaking newline-delimited JSON-RPC on stdin/stdout.
     Stdio {
@@ -325,8 +358,8 @@ pub fn grant_id(hash: &[u8; 32]) -> String {
 }
 
 impl Config {
-    /// Reads and validates a configuration file. Relative policy paths resolve against the file's
-    /// directory.
+    /// Reads and validates a configuration file. Relative policy and `tls_*` paths resolve against
+    /// the file's directory.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![ConfigError::new(
@@ -604,6 +637,11 @@ impl Validator<'_> {
                     format!("duplicate upstream `{}`", up.name),
                 );
             }
+            let tls = RawTls {
+                tls_ca_file: up.tls_ca_file,
+                tls_client_cert: up.tls_client_cert,
+                tls_client_key: up.tls_client_key,
+            };
             let transport = match (up.url, up.command) {
                 (Some(url), None) => {
                     for key in ["args", "env", "idle_timeout_secs"] {
@@ -619,7 +657,7 @@ impl Validator<'_> {
                             );
                         }
                     }
-                    self.http_transport(&path, &url, up.headers, up.headers_from_env)
+                    self.http_transport(&path, &url, up.headers, up.headers_from_env, tls)
                 }
                 (None, Some(command)) => {
                     if !up.headers.is_empty() {
@@ -632,6 +670,12 @@ impl Validator<'_> {
                         self.error(
                             format!("{path}.headers_from_env"),
                             "only valid for an HTTP upstream (`url`)",
+                        );
+                    }
+                    for key in tls.keys_set() {
+                        self.error(
+                            format!("{path}.{key}"),
+                            "only valid for an HTTP upstream with an `https://` url",
                         );
                     }
                     if command.is_empty() {
@@ -676,25 +720,38 @@ impl Validator<'_> {
         url: &str,
         headers: BTreeMap<String, String>,
         headers_from_env: BTreeMap<String, String>,
+        tls: RawTls,
     ) -> Option<Transport> {
         let uri = match url.parse::<Uri>() {
-            Ok(uri) if matches!(uri.scheme_str(), Some("http")) && uri.host().is_some() => {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() =>
+            {
                 Some(uri)
-            }
-            Ok(uri) if matches!(uri.scheme_str(), Some("https")) => {
-                self.error(
-                    format!("{path}.url"),
-                    "https upstreams are not supported yet: put a TLS-terminating sidecar in front",
-                );
-                None
             }
             _ => {
                 self.error(
                     format!("{path}.url"),
-                    format!("`{url}` is not an absolute http URL"),
+                    format!("`{url}` is not an absolute http:// or https:// URL"),
                 );
                 None
             }
+        };
+        let https = uri
+            .as_ref()
+            .is_some_and(|u| u.scheme_str() == Some("https"));
+        let tls = if https {
+            self.upstream_tls(path, tls)
+        } else {
+            if uri.is_some() {
+                for key in tls.keys_set() {
+                    self.error(
+                        format!("{path}.{key}"),
+                        "only valid with an `https://` url: an `http://` upstream is reached \
+                         without TLS",
+                    );
+                }
+            }
+            None
         };
         let mut out = Vec::new();
         let mut values: Vec<(String, String, String)> = headers
@@ -728,7 +785,70 @@ impl Validator<'_> {
                 Err(_) => self.error(key_path, "not a valid header value"),
             }
         }
-        uri.map(|url| Transport::Http { url, headers: out })
+        uri.map(|url| Transport::Http {
+            url,
+            headers: out,
+            tls,
+        })
+    }
+
+    /// Reads and checks the `tls_*` files of an `https://` upstream; `None` when none is set (or
+    /// one is bad: the error is recorded).
+    fn upstream_tls(&mut self, path: &str, raw: RawTls) -> Option<UpstreamTls> {
+        // No `tls_*` key at all: the defaults (platform store, no client certificate).
+        raw.keys_set().next()?;
+        let mut ok = true;
+        let ca_file = raw.tls_ca_file.map(|p| self.resolve(&p));
+        let ca_certs = match &ca_file {
+            Some(file) => match tls::load_ca_file(file) {
+                Ok(certs) => certs,
+                Err(message) => {
+                    self.error(format!("{path}.tls_ca_file"), message);
+                    ok = false;
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let client_identity = match (raw.tls_client_cert, raw.tls_client_key) {
+            (Some(cert), Some(key)) => {
+                let (cert, key) = (self.resolve(&cert), self.resolve(&key));
+                match tls::load_client_identity(&cert, &key) {
+                    Ok(identity) => Some(identity),
+                    Err((which, message)) => {
+                        let key = match which {
+                            tls::IdentityKey::Cert => "tls_client_cert",
+                            tls::IdentityKey::Key => "tls_client_key",
+                        };
+                        self.error(format!("{path}.{key}"), message);
+                        ok = false;
+                        None
+                    }
+                }
+            }
+            (Some(_), None) => {
+                self.error(
+                    format!("{path}.tls_client_cert"),
+                    "needs `tls_client_key` too (the certificate's private key)",
+                );
+                ok = false;
+                None
+            }
+            (None, Some(_)) => {
+                self.error(
+                    format!("{path}.tls_client_key"),
+                    "needs `tls_client_cert` too (the key's certificate chain)",
+                );
+                ok = false;
+                None
+            }
+            (None, None) => None,
+        };
+        ok.then_some(UpstreamTls {
+            ca_file,
+            ca_certs,
+            client_identity,
+        })
     }
 
     fn grants(&mut self, raw: Vec<RawGrant>, upstreams: &[UpstreamConfig]) -> Vec<GrantConfig> {

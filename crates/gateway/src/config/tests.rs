@@ -224,3 +224,253 @@ fn loopback_listeners_get_dns_rebinding_protection_by_default() {
     let open = parse(&format!("[listen]\ndata = \"0.0.0.0:8080\"\n{MINIMAL}")).unwrap();
     assert!(open.listen.allowed_hosts.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTPS upstreams: `tls_ca_file`, `tls_client_cert`, `tls_client_key`.
+
+/// PEM files made at test time: a CA, a client certificate it issued and its key, a second,
+/// unrelated key, and files that are not what their key expects.
+struct TlsFiles {
+    dir: tempfile::TempDir,
+    client_key_pem: String,
+}
+
+impl TlsFiles {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "config test ca");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["client.test".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &ca)
+            .unwrap();
+        let other_key = rcgen::KeyPair::generate().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", &ca.pem());
+        write("client.pem", &client.pem());
+        write("client.key", &client_key.serialize_pem());
+        write("other.key", &other_key.serialize_pem());
+        write("empty.pem", "just text, no PEM block\n");
+        write(
+            "garbage.pem",
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        );
+        Self {
+            client_key_pem: client_key.serialize_pem(),
+            dir,
+        }
+    }
+
+    fn parse(&self, upstream_keys: &str) -> Result<Config, ConfigErrors> {
+        let text = format!("[[upstreams]]\nname = \"up\"\n{upstream_keys}\n");
+        Config::from_toml(&text, self.dir.path(), &env(&[]))
+    }
+}
+
+fn tls_of(config: &Config) -> Option<&UpstreamTls> {
+    match &config.upstreams[0].transport {
+        Transport::Http { tls, .. } => tls.as_ref(),
+        Transport::Stdio { .. } => panic!("not an HTTP upstream"),
+    }
+}
+
+#[test]
+fn an_https_url_is_accepted_and_trusts_the_platform_store_alone_by_default() {
+    let config =
+        parse("[[upstreams]]\nname = \"up\"\nurl = \"https://mcp.example.com/mcp\"\n").unwrap();
+    match &config.upstreams[0].transport {
+        Transport::Http { url, tls, .. } => {
+            assert_eq!(url.scheme_str(), Some("https"));
+            assert_eq!(tls, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+    let errors = parse("[[upstreams]]\nname = \"up\"\nurl = \"ftp://host/mcp\"\n").unwrap_err();
+    assert_eq!(paths(&errors), vec!["upstreams[0].url"]);
+}
+
+#[test]
+fn a_ca_file_is_read_relative_to_the_config_file() {
+    let files = TlsFiles::new();
+    let config = files
+        .parse("url = \"https://127.0.0.1:9/mcp\"\ntls_ca_file = \"ca.pem\"")
+        .unwrap();
+    let tls = tls_of(&config).unwrap();
+    assert_eq!(tls.ca_file, Some(files.dir.path().join("ca.pem")));
+    assert_eq!(tls.ca_certs.len(), 1);
+    assert!(tls.client_identity.is_none());
+}
+
+#[test]
+fn a_missing_or_invalid_ca_file_is_an_error_at_its_key() {
+    let files = TlsFiles::new();
+    for (file, expected) in [
+        ("absent.pem", "cannot read"),
+        ("empty.pem", "no PEM certificate"),
+        ("garbage.pem", "not a usable CA certificate"),
+    ] {
+        let errors = files
+            .parse(&format!(
+                "url = \"https://127.0.0.1:9/mcp\"\ntls_ca_file = \"{file}\""
+            ))
+            .unwrap_err();
+        assert_eq!(paths(&errors), vec!["upstreams[0].tls_ca_file"], "{file}");
+        assert!(errors.0[0].message.contains(expected), "{file}: {errors}");
+        assert!(errors.0[0].message.contains(file), "{file}: {errors}");
+    }
+}
+
+#[test]
+fn a_client_certificate_and_its_key_load_together() {
+    let files = TlsFiles::new();
+    let config = files
+        .parse(
+            "url = \"https://127.0.0.1:9/mcp\"\ntls_client_cert = \"client.pem\"\n\
+             tls_client_key = \"client.key\"",
+        )
+        .unwrap();
+    let identity = tls_of(&config).unwrap().client_identity.as_ref().unwrap();
+    assert_eq!(identity.cert_file, files.dir.path().join("client.pem"));
+    assert_eq!(identity.certified_key().cert.len(), 1);
+    assert!(tls_of(&config).unwrap().ca_certs.is_empty());
+}
+
+#[test]
+fn a_client_certificate_without_its_key_or_a_key_without_its_certificate_is_an_error() {
+    let files = TlsFiles::new();
+    let errors = files
+        .parse("url = \"https://127.0.0.1:9/mcp\"\ntls_client_cert = \"client.pem\"")
+        .unwrap_err();
+    assert_eq!(paths(&errors), vec!["upstreams[0].tls_client_cert"]);
+    assert!(errors.0[0].message.contains("tls_client_key"), "{errors}");
+    let errors = files
+        .parse("url = \"https://127.0.0.1:9/mcp\"\ntls_client_key = \"client.key\"")
+        .unwrap_err();
+    assert_eq!(paths(&errors), vec!["upstreams[0].tls_client_key"]);
+    assert!(errors.0[0].message.contains("tls_client_cert"), "{errors}");
+}
+
+#[test]
+fn a_bad_client_certificate_or_key_is_an_error_at_the_key_at_fault() {
+    let files = TlsFiles::new();
+    for (cert, key, at, expected) in [
+        ("absent.pem", "client.key", "tls_client_cert", "cannot read"),
+        (
+            "empty.pem",
+            "client.key",
+            "tls_client_cert",
+            "no PEM certificate",
+        ),
+        ("client.pem", "absent.key", "tls_client_key", "cannot read"),
+        ("client.pem", "client.pem", "tls_client_key", "no PKCS#8"),
+        (
+            "client.pem",
+            "other.key",
+            "tls_client_key",
+            "does not belong",
+        ),
+        (
+            "garbage.pem",
+            "client.key",
+            "tls_client_cert",
+            "invalid certificate",
+        ),
+    ] {
+        let errors = files
+            .parse(&format!(
+                "url = \"https://127.0.0.1:9/mcp\"\ntls_client_cert = \"{cert}\"\n\
+                 tls_client_key = \"{key}\""
+            ))
+            .unwrap_err();
+        let path = format!("upstreams[0].{at}");
+        assert_eq!(
+            paths(&errors),
+            vec![path.as_str()],
+            "{cert} {key}: {errors}"
+        );
+        assert!(
+            errors.0[0].message.contains(expected),
+            "{cert} {key}: {errors}"
+        );
+    }
+}
+
+#[test]
+fn tls_keys_on_a_stdio_upstream_or_an_http_url_are_errors_that_say_why() {
+    let files = TlsFiles::new();
+    let errors = files
+        .parse(
+            "command = \"server\"\ntls_ca_file = \"ca.pem\"\ntls_client_cert = \"client.pem\"\n\
+             tls_client_key = \"client.key\"",
+        )
+        .unwrap_err();
+    assert_eq!(
+        paths(&errors),
+        vec![
+            "upstreams[0].tls_ca_file",
+            "upstreams[0].tls_client_cert",
+            "upstreams[0].tls_client_key"
+        ]
+    );
+    assert!(errors.0[0].message.contains("https://"), "{errors}");
+    let errors = files
+        .parse("url = \"http://127.0.0.1:9/mcp\"\ntls_ca_file = \"ca.pem\"")
+        .unwrap_err();
+    assert_eq!(paths(&errors), vec!["upstreams[0].tls_ca_file"]);
+    assert!(errors.0[0].message.contains("without TLS"), "{errors}");
+}
+
+#[test]
+fn the_config_debug_output_never_shows_the_client_key() {
+    let files = TlsFiles::new();
+    let config = files
+        .parse(
+            "url = \"https://127.0.0.1:9/mcp\"\ntls_ca_file = \"ca.pem\"\n\
+             tls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"",
+        )
+        .unwrap();
+    let debug = format!("{config:?}");
+    assert!(debug.contains("client.key"), "{debug}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    use rustls::pki_types::pem::PemObject as _;
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::from_pem_slice(files.client_key_pem.as_bytes()).unwrap();
+    let secret = key_der.secret_der();
+    for body_line in files
+        .client_key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+    {
+        assert!(!debug.contains(body_line), "the key's PEM leaked: {debug}");
+    }
+    // Neither as hex nor as a Rust byte list.
+    assert!(!debug.contains(&hex::encode(&secret[secret.len() - 16..])));
+    let tail: Vec<String> = secret[secret.len() - 8..]
+        .iter()
+        .map(u8::to_string)
+        .collect();
+    assert!(!debug.contains(&tail.join(", ")), "{debug}");
+}
+
+#[test]
+fn equal_tls_files_make_equal_settings_and_a_changed_file_does_not() {
+    let files = TlsFiles::new();
+    let keys = "url = \"https://127.0.0.1:9/mcp\"\ntls_ca_file = \"ca.pem\"\n\
+                tls_client_cert = \"client.pem\"\ntls_client_key = \"client.key\"";
+    let first = files.parse(keys).unwrap();
+    let second = files.parse(keys).unwrap();
+    assert_eq!(first.upstreams, second.upstreams);
+    std::fs::write(
+        files.dir.path().join("ca.pem"),
+        std::fs::read(files.dir.path().join("client.pem")).unwrap(),
+    )
+    .unwrap();
+    let changed = files.parse(keys).unwrap();
+    assert_ne!(first.upstreams, changed.upstreams);
+}

@@ -117,11 +117,11 @@ impl Upstream {
         metrics: Arc<tollgate_telemetry::Metrics>,
     ) -> Self {
         match &config.transport {
-            Transport::Http { url, headers } => Upstream::Http(HttpUpstream::new(
+            Transport::Http { url, headers, tls } => Upstream::Http(HttpUpstream::new(
                 config.name.clone(),
                 url.clone(),
                 headers.clone(),
-                client,
+                client.for_tls(tls.as_ref()),
                 limits.upstream_timeout,
             )),
             Transport::Stdio {
