@@ -517,3 +517,87 @@ async fn an_expired_session_is_not_found() {
     .await
     .expect("the session expires after its ttl");
 }
+
+#[tokio::test]
+async fn concurrent_first_calls_all_wait_for_the_catalog_instead_of_answering_unknown_tool() {
+    init_tracing();
+    let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    let gateway = GatewayBuilder::new()
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    info!("--- twenty calls to a listed tool before the gateway has seen any list");
+    let calls = (0..20).map(|id| {
+        let raw = raw.clone();
+        async move {
+            raw.modern(
+                id,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "x"}}),
+            )
+            .await
+        }
+    });
+    let mut handles = Vec::new();
+    for call in calls {
+        handles.push(tokio::spawn(call));
+    }
+    for handle in handles {
+        let reply = handle.await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert!(
+            reply.json()["result"].is_object(),
+            "a listed tool is never an unknown one: {reply:?}"
+        );
+    }
+    assert_eq!(upstream.stats().calls("echo"), 20);
+}
+
+#[tokio::test]
+async fn an_input_required_answer_is_audited_as_such_not_as_an_upstream_error() {
+    init_tracing();
+    let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    let gateway = GatewayBuilder::new()
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    let tool = "test_input_required_result_elicitation";
+    let first = raw
+        .post(
+            modern_body(
+                1,
+                "tools/call",
+                json!({"name": tool, "arguments": {}}),
+                json!({"elicitation": {}}),
+            ),
+            &[
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", tool),
+            ],
+        )
+        .await;
+    assert_eq!(
+        first.json()["result"]["resultType"],
+        "input_required",
+        "{first:?}"
+    );
+    let (audit, _dir) = gateway.stop().await;
+    let records = audit_records(&audit);
+    let record = records
+        .iter()
+        .find(|r| r["tool"] == tool)
+        .expect("the call is audited");
+    assert_eq!(record["decision"], "allow", "{record}");
+    let message = record["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("input_required") && !message.contains("error"),
+        "{record}"
+    );
+}

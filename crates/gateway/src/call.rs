@@ -10,7 +10,7 @@
 //!                              ▼
 //!                      forward ─▶ Settlement: JSON-RPC error / input_required / not sent ─▶ rollback
 //!                                             result (even isError: the tool ran)        ─▶ commit
-//!                                             stream lost, timeout (unknown)             ─▶ spent
+//!                                             stream lost, timeout, 5xx page (unknown)   ─▶ spent
 //! ```
 //!
 //! An `input_required` result (modern era) is given back: the call has not happened yet, and the
@@ -182,20 +182,12 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     let status = reply.status;
     let mut response = match reply.body {
         ReplyBody::Json(bytes) => {
-            let outcome = if status.is_success() {
-                outcome_of(&bytes, &settlement.id).unwrap_or(Outcome::Unknown)
-            } else {
-                Outcome::NotSent
-            };
+            let outcome = outcome_of_status(status, outcome_of(&bytes, &settlement.id));
             settlement.finish(outcome, Some(status.as_u16()), AuditDecision::Allow);
             json_response(bytes)
         }
         ReplyBody::Empty => {
-            let outcome = if status.is_success() {
-                Outcome::Unknown
-            } else {
-                Outcome::NotSent
-            };
+            let outcome = outcome_of_status(status, None);
             settlement.finish(outcome, Some(status.as_u16()), AuditDecision::Allow);
             Response::new(axum::body::Body::empty())
         }
@@ -215,14 +207,21 @@ async fn known_tool(
     frame: &Frame,
     tool: &str,
 ) -> Result<Option<CatalogEntry>, ProxyError> {
-    if let Some(entry) = ctx.server.catalog.lookup(tool) {
+    let catalog = &ctx.server.catalog;
+    if let Some(entry) = catalog.lookup(tool) {
         return Ok(Some(entry));
     }
-    if !ctx.server.catalog.begin_refresh(tool) {
+    let attempts = catalog.attempts();
+    let _gate = catalog.refresh_gate().await;
+    // A refresh that ran while this call waited has answered for it too.
+    if let Some(entry) = catalog.lookup(tool) {
+        return Ok(Some(entry));
+    }
+    if catalog.attempts() != attempts || !catalog.begin_refresh(tool) {
         return Ok(None);
     }
     match crate::list::fetch_all(ctx, frame).await {
-        Ok(tools) => ctx.server.catalog.replace(&tools),
+        Ok(tools) => catalog.replace(&tools),
         Err(InternalError::Answered) => {
             tracing::debug!(server = %ctx.server.name, "upstream refused the catalog refresh")
         }
@@ -231,7 +230,7 @@ async fn known_tool(
             return Err(error);
         }
     }
-    Ok(ctx.server.catalog.lookup(tool))
+    Ok(catalog.lookup(tool))
 }
 
 fn counter_key(ctx: &RequestCtx, limit: &Limit) -> String {
@@ -334,8 +333,10 @@ fn rate_limited(
 enum Outcome {
     /// A result: the tool ran (an `isError` result too).
     Completed,
-    /// A JSON-RPC error, an `input_required` result, or a refused request: nothing happened.
+    /// A JSON-RPC error or a refused request: nothing happened.
     NotSent,
+    /// An `input_required` result: the call waits for the client's retry, which is counted.
+    InputRequired,
     /// The answer was lost: the call may have happened.
     Unknown,
 }
@@ -343,6 +344,7 @@ enum Outcome {
 #[derive(Deserialize)]
 struct Peek {
     id: Option<Value>,
+    method: Option<IgnoredAny>,
     error: Option<IgnoredAny>,
     result: Option<PeekResult>,
 }
@@ -353,10 +355,27 @@ struct PeekResult {
     result_type: Option<String>,
 }
 
-/// The outcome if `data` is the response to request `id`.
+/// The outcome of a collected (non-stream) answer with HTTP `status`, whose body is the
+/// response `answer` (see [`outcome_of`]) or none.
+///
+/// A JSON-RPC error for the call means it did not run, whatever the status. Otherwise a 4xx
+/// means the upstream refused the request (bad request, unknown session: nothing ran), but a
+/// 5xx without a JSON-RPC error is unknown: a proxy in front of the upstream answers 502 or 504
+/// after the tool may well have run, and unknown means spent.
+fn outcome_of_status(status: http::StatusCode, answer: Option<Outcome>) -> Outcome {
+    match answer {
+        Some(Outcome::NotSent) => Outcome::NotSent,
+        Some(outcome) if status.is_success() => outcome,
+        _ if status.is_client_error() => Outcome::NotSent,
+        _ => Outcome::Unknown,
+    }
+}
+
+/// The outcome if `data` is the response to request `id`. A message with a `method` is a
+/// request or a notification of the upstream's, never the answer, whatever its `id` says.
 fn outcome_of(data: &[u8], id: &Value) -> Option<Outcome> {
     let peek: Peek = serde_json::from_slice(data).ok()?;
-    if peek.id.as_ref() != Some(id) {
+    if peek.id.as_ref() != Some(id) || peek.method.is_some() {
         return None;
     }
     if peek.error.is_some() {
@@ -364,7 +383,7 @@ fn outcome_of(data: &[u8], id: &Value) -> Option<Outcome> {
     }
     let result = peek.result?;
     if result.result_type.as_deref() == Some("input_required") {
-        Some(Outcome::NotSent)
+        Some(Outcome::InputRequired)
     } else {
         Some(Outcome::Completed)
     }
@@ -389,17 +408,28 @@ impl Settlement {
         let Some(mut record) = self.record.take() else {
             return;
         };
-        if let Some(reservation) = self.reservation.take() {
-            match outcome {
-                Outcome::NotSent => self.quota.rollback(reservation),
-                Outcome::Completed | Outcome::Unknown => self.quota.commit(reservation),
+        let returned = match (self.reservation.take(), outcome) {
+            (Some(reservation), Outcome::NotSent | Outcome::InputRequired) => {
+                self.quota.rollback(reservation);
+                "; reservation returned"
             }
-        }
+            (Some(reservation), Outcome::Completed | Outcome::Unknown) => {
+                self.quota.commit(reservation);
+                ""
+            }
+            (None, _) => "",
+        };
         record.decision = decision;
         record.upstream_status = status.or(self.status);
         record.upstream_latency_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
-        if outcome == Outcome::NotSent && decision == AuditDecision::Allow {
-            record.message = Some("upstream answered with an error; reservation returned".into());
+        if decision == AuditDecision::Allow {
+            record.message = match outcome {
+                Outcome::NotSent => Some(format!("upstream answered with an error{returned}")),
+                Outcome::InputRequired => Some(format!(
+                    "upstream asked for input (input_required){returned}"
+                )),
+                Outcome::Completed | Outcome::Unknown => None,
+            };
         }
         self.metrics
             .count_request(&self.server, "tools/call", decision.as_str());
@@ -438,6 +468,7 @@ pub(crate) fn peek_outcome(data: &[u8], id: &Value) -> Option<&'static str> {
     outcome_of(data, id).map(|o| match o {
         Outcome::Completed => "completed",
         Outcome::NotSent => "not_sent",
+        Outcome::InputRequired => "input_required",
         Outcome::Unknown => "unknown",
     })
 }
@@ -468,7 +499,7 @@ mod tests {
                 br#"{"jsonrpc":"2.0","id":7,"result":{"resultType":"input_required","requestState":"abc"}}"#,
                 &id
             ),
-            Some("not_sent")
+            Some("input_required")
         );
         assert_eq!(
             peek_outcome(br#"{"jsonrpc":"2.0","id":8,"result":{}}"#, &id),
@@ -482,5 +513,52 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn an_upstream_request_reusing_the_calls_id_settles_nothing() {
+        let id = json!(7);
+        assert_eq!(
+            peek_outcome(
+                br#"{"jsonrpc":"2.0","id":7,"method":"elicitation/create","error":{"code":1,"message":"x"}}"#,
+                &id
+            ),
+            None
+        );
+        assert_eq!(
+            peek_outcome(
+                br#"{"jsonrpc":"2.0","id":7,"method":"sampling/createMessage","result":{}}"#,
+                &id
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_server_error_without_a_jsonrpc_error_counts_the_call_as_spent() {
+        use http::StatusCode;
+        let error = Some(Outcome::NotSent);
+        assert_eq!(
+            outcome_of_status(StatusCode::BAD_GATEWAY, None),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            outcome_of_status(StatusCode::GATEWAY_TIMEOUT, Some(Outcome::Completed)),
+            Outcome::Unknown
+        );
+        assert_eq!(
+            outcome_of_status(StatusCode::INTERNAL_SERVER_ERROR, error),
+            Outcome::NotSent,
+            "the upstream said the call failed"
+        );
+        assert_eq!(
+            outcome_of_status(StatusCode::NOT_FOUND, None),
+            Outcome::NotSent
+        );
+        assert_eq!(
+            outcome_of_status(StatusCode::OK, Some(Outcome::Completed)),
+            Outcome::Completed
+        );
+        assert_eq!(outcome_of_status(StatusCode::OK, None), Outcome::Unknown);
     }
 }

@@ -4,8 +4,12 @@
 //! tool missing from the catalog answers exactly like a hidden one. The catalog is filled from
 //! every complete `tools/list` answer that passes through the gateway, refreshed by the gateway
 //! itself when a call names a tool it has not seen (at most once per [`REFRESH_INTERVAL`] per
-//! upstream, so unknown-tool floods cannot amplify into upstream load), and dropped when the
-//! upstream sends `notifications/tools/list_changed`.
+//! upstream while the catalog holds a list, so unknown-tool floods cannot amplify into upstream
+//! load), and dropped when the upstream sends `notifications/tools/list_changed`.
+//!
+//! Refreshes go one at a time through [`Catalog::refresh_gate`]. A call that misses while one is
+//! under way waits for it and reads its result instead of concluding "unknown tool" from an
+//! empty catalog: the first calls after a start or a `list_changed` name real tools.
 //!
 //! Each entry keeps the SHA-256 of the tool's RFC 8785 canonical definition without `_meta`
 //! (the audit record carries it today; tool pinning, policy v2, will compare it) and the
@@ -53,12 +57,15 @@ struct State {
     tools: HashMap<String, CatalogEntry>,
     filled: bool,
     last_refresh: Option<Instant>,
+    /// Refreshes begun so far.
+    attempts: u64,
 }
 
 /// The tool catalog of one upstream.
 #[derive(Default)]
 pub struct Catalog {
     state: Mutex<State>,
+    gate: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -93,7 +100,9 @@ impl Catalog {
         state.filled = false;
     }
 
-    /// Whether the gateway may fetch the list now; if so, records the attempt.
+    /// Whether the gateway may fetch the list now; if so, records the attempt. An empty
+    /// (never filled, or invalidated) catalog may always be filled; a filled one at most once
+    /// per [`REFRESH_INTERVAL`].
     pub fn begin_refresh(&self, tool: &str) -> bool {
         let mut state = self.state.lock();
         if state.tools.contains_key(tool) {
@@ -101,12 +110,25 @@ impl Catalog {
         }
         let now = Instant::now();
         match state.last_refresh {
-            Some(last) if now.duration_since(last) < REFRESH_INTERVAL => false,
+            Some(last) if state.filled && now.duration_since(last) < REFRESH_INTERVAL => false,
             _ => {
                 state.last_refresh = Some(now);
+                state.attempts += 1;
                 true
             }
         }
+    }
+
+    /// How many refreshes have begun: a caller that saw this change while it waited at the
+    /// [`Catalog::refresh_gate`] reads the catalog that refresh left instead of starting another.
+    pub fn attempts(&self) -> u64 {
+        self.state.lock().attempts
+    }
+
+    /// Held for the whole of a gateway-initiated refresh, so that refreshes of one upstream run
+    /// one at a time and callers that miss can wait for the one under way.
+    pub async fn refresh_gate(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
     }
 }
 
@@ -180,5 +202,18 @@ mod tests {
             "a second refresh within the interval is refused"
         );
         assert!(!catalog.begin_refresh("a"), "a known tool needs no refresh");
+    }
+
+    #[test]
+    fn an_emptied_catalog_may_be_filled_again_at_once() {
+        let catalog = Catalog::default();
+        assert!(catalog.begin_refresh("x"));
+        catalog.replace(&[json!({"name": "a"})]);
+        catalog.invalidate();
+        assert!(
+            catalog.begin_refresh("a"),
+            "after list_changed a listed tool must not answer as unknown for an interval"
+        );
+        assert_eq!(catalog.attempts(), 2);
     }
 }

@@ -268,15 +268,33 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// The client request that forwarded headers come with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    /// A POSTed message of this era.
+    Post(Era),
+    /// The GET of a legacy session's stream (the only request that resumes one).
+    Get,
+    /// The DELETE of a legacy session.
+    Delete,
+}
+
 /// Headers worth forwarding: the MCP ones and `Mcp-Param-*`; never `Authorization` or cookies.
-fn forward_headers(client: &HeaderMap, span: &Span) -> HeaderMap {
+///
+/// `Mcp-Method`, `Mcp-Name` and `Mcp-Param-*` only go with a modern request, the only kind whose
+/// headers the gateway cross-checks against the body: on a legacy request they would reach the
+/// upstream (and whatever routes on them in front of it) unchecked. `Last-Event-ID` only goes
+/// with a GET, the one request that resumes a stream: a replayed stream is passed through, not
+/// answered by the gateway's own handlers (see [`watch_stream`]).
+fn forward_headers(client: &HeaderMap, carrier: Carrier, span: &Span) -> HeaderMap {
     let mut out = HeaderMap::new();
     for (name, value) in client {
-        let keep = name == PROTOCOL_VERSION
-            || name.as_str() == "mcp-method"
+        let modern_only = name.as_str() == "mcp-method"
             || name.as_str() == "mcp-name"
-            || name.as_str() == "last-event-id"
             || name.as_str().starts_with("mcp-param-");
+        let keep = name == PROTOCOL_VERSION
+            || (name.as_str() == "last-event-id" && carrier == Carrier::Get)
+            || (modern_only && carrier == Carrier::Post(Era::Modern));
         if keep {
             out.append(name.clone(), value.clone());
         }
@@ -434,7 +452,7 @@ async fn post_mcp(
             span.record(semconv::TOLLGATE_DECISION, error.kind());
             shared.metrics.count_request(
                 &server_name,
-                method.as_deref().unwrap_or("-"),
+                method.as_deref().map_or("-", method_label),
                 error.kind(),
             );
             if error.fault() != crate::error::Fault::Client {
@@ -523,8 +541,22 @@ async fn dispatch(
 ) -> Result<Response, ProxyError> {
     let id = frame.id().cloned();
     let method = frame.method().map(str::to_owned);
+    if frame.is_notification()
+        && !method
+            .as_deref()
+            .is_some_and(|m| m.starts_with("notifications/"))
+    {
+        // JSON-RPC servers run a notification's method and only skip the answer: a
+        // `tools/call` without an id would run unjudged, and a `tools/list` one could be answered
+        // unfiltered. Every MCP notification is named `notifications/...`.
+        return Err(ProxyError::bad_request(
+            codes::INVALID_REQUEST,
+            "a notification's method must start with notifications/",
+            None,
+        ));
+    }
     let mut ctx = RequestCtx {
-        forward: forward_headers(&headers, &span),
+        forward: forward_headers(&headers, Carrier::Post(era), &span),
         shared: shared.clone(),
         server,
         grant,
@@ -584,7 +616,7 @@ async fn dispatch(
             .await?;
         shared.metrics.count_request(
             &ctx.server.name,
-            method.as_deref().unwrap_or("response"),
+            method.as_deref().map_or("response", method_label),
             "forwarded",
         );
         return Ok(reply_response(&ctx, reply, None));
@@ -594,6 +626,44 @@ async fn dispatch(
         Some("tools/list") => crate::list::handle(&ctx, frame).await,
         _ => pass_through(&ctx, frame).await,
     }
+}
+
+/// Methods of the MCP revisions the gateway speaks, client to server.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "subscriptions/listen",
+    "tools/list",
+    "tools/call",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/result",
+    "tasks/list",
+    "tasks/cancel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "notifications/tasks/status",
+];
+
+/// The `method` label of a request metric: a known MCP method, else `other`. Each label value
+/// is a time series kept for the life of the process, so a client must not be able to mint them.
+pub(crate) fn method_label(method: &str) -> &str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn id_text(id: &RequestId) -> String {
@@ -708,9 +778,16 @@ pub(crate) async fn internal_request(
     let response = match reply.body {
         ReplyBody::Json(bytes) => serde_json::from_slice::<Value>(&bytes).ok(),
         ReplyBody::Sse(mut stream) => {
+            // The upstream's timeout covers its response headers only; an event stream that
+            // never answers must not hold the client's request (and its catalog refresh) forever.
+            let deadline = tokio::time::Instant::now() + ctx.shared.config.limits.upstream_timeout;
             let mut found = None;
-            while let Some(event) = stream.next().await {
-                let Ok(event) = event else { break };
+            loop {
+                let event = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => return Err(InternalError::Proxy(ProxyError::UpstreamTimeout)),
+                    Ok(None) | Ok(Some(Err(_))) => break,
+                    Ok(Some(Ok(event))) => event,
+                };
                 if let Ok(value) = serde_json::from_str::<Value>(&event.data)
                     && value.get("id") == Some(&id)
                 {
@@ -799,7 +876,7 @@ async fn pass_through(ctx: &RequestCtx, frame: Frame) -> Result<Response, ProxyE
     ctx.span.record(semconv::TOLLGATE_DECISION, "allow");
     ctx.shared
         .metrics
-        .count_request(&ctx.server.name, &method, "allow");
+        .count_request(&ctx.server.name, method_label(&method), "allow");
     Ok(reply_response(ctx, reply, None))
 }
 
@@ -811,7 +888,13 @@ pub(crate) fn reply_response(
 ) -> Response {
     let mut response = match reply.body {
         ReplyBody::Empty => Response::new(Body::empty()),
-        ReplyBody::Json(bytes) => json_response(bytes),
+        ReplyBody::Json(bytes) => {
+            let policy = &ctx.grant.policy;
+            let redacted = std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| crate::list::redact_tool_list(policy, text));
+            json_response(redacted.map_or(bytes, Bytes::from))
+        }
         ReplyBody::Sse(stream) => sse_response(watch_stream(ctx, stream)),
     };
     *response.status_mut() = reply.status;
@@ -846,13 +929,17 @@ pub(crate) fn sse_response(stream: SseStream) -> Response {
     response
 }
 
-/// Passes events through, dropping the catalog when the upstream says its tool list changed.
+/// Passes events through, dropping the catalog when the upstream says its tool list changed,
+/// and removing hidden tools from any tool list that goes by. A stream that is not the answer to
+/// a `tools/list` the gateway handled can still carry one: an upstream that supports resumption
+/// replays a past stream, the list's answer included, to a GET with `Last-Event-ID`, and the
+/// gateway's own page requests ran in the same session.
 fn watch_stream(ctx: &RequestCtx, stream: SseStream) -> SseStream {
     let server = ctx.server.clone();
-    Box::pin(stream.inspect(move |event| {
-        if let Ok(event) = event
-            && event.data.contains("notifications/tools/list_changed")
-        {
+    let grant = ctx.grant.clone();
+    Box::pin(stream.map(move |event| {
+        let mut event = event?;
+        if event.data.contains("notifications/tools/list_changed") {
             let changed = serde_json::from_str::<Value>(&event.data)
                 .ok()
                 .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
@@ -862,6 +949,10 @@ fn watch_stream(ctx: &RequestCtx, stream: SseStream) -> SseStream {
                 server.catalog.invalidate();
             }
         }
+        if let Some(redacted) = crate::list::redact_tool_list(&grant.policy, &event.data) {
+            event.data = redacted;
+        }
+        Ok(event)
     }))
 }
 
@@ -883,7 +974,7 @@ async fn get_mcp(
         }
         let (session, tag) = open_session(&shared, &grant, &server, &headers)?;
         span.record(semconv::MCP_SESSION, tag.as_str());
-        let forward = forward_headers(&headers, &span);
+        let forward = forward_headers(&headers, Carrier::Get, &span);
         let reply = server
             .upstream
             .get_stream(&session, forward.clone())
@@ -925,7 +1016,7 @@ async fn delete_mcp(
             return Err(ProxyError::MethodNotAllowed);
         }
         let (session, _) = open_session(&shared, &grant, &server, &headers)?;
-        let forward = forward_headers(&headers, &span);
+        let forward = forward_headers(&headers, Carrier::Delete, &span);
         let status = server.upstream.delete(&session, forward).await?;
         Ok(status.into_response())
     }
@@ -994,7 +1085,7 @@ mod tests {
             ("mcp-protocol-version", "2025-11-25"),
             ("mcp-param-region", "eu"),
         ]);
-        let out = forward_headers(&client, &Span::none());
+        let out = forward_headers(&client, Carrier::Post(Era::Modern), &Span::none());
         assert!(out.get(AUTHORIZATION).is_none());
         assert!(out.get("cookie").is_none());
         assert_eq!(

@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use tollgate_mcp::era::{self, Era};
 use tollgate_mcp::jsonrpc::{Frame, codes};
 use tollgate_mcp::sse::SseEvent;
+use tollgate_policy::Policy;
 use tollgate_telemetry::semconv;
 
 use crate::error::ProxyError;
@@ -22,6 +23,12 @@ use crate::upstream::{MessageKind, ReplyBody};
 
 /// The most pages the gateway follows for one list.
 pub const MAX_PAGES: usize = 100;
+
+/// The most event bytes held back while waiting for a `tools/list` answer on an event stream.
+pub const MAX_HELD_BYTES: usize = 16 * 1024 * 1024;
+
+/// What one held event costs besides its data (its id, type, the event itself).
+const EVENT_OVERHEAD: usize = 256;
 
 pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, ProxyError> {
     let id = frame
@@ -54,9 +61,17 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     let answer: Option<Value> = match reply.body {
         ReplyBody::Json(bytes) if status.is_success() => serde_json::from_slice(&bytes).ok(),
         ReplyBody::Sse(mut stream) if status.is_success() => {
+            // Everything before the answer is held until the list is complete: bounded in time
+            // (the upstream's timeout covers its response headers only) and in size.
+            let deadline = tokio::time::Instant::now() + ctx.shared.config.limits.upstream_timeout;
+            let mut held = 0usize;
             let mut found = None;
-            while let Some(event) = stream.next().await {
-                let event = event?;
+            loop {
+                let event = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => return Err(ProxyError::UpstreamTimeout),
+                    Ok(None) => break,
+                    Ok(Some(event)) => event?,
+                };
                 match serde_json::from_str::<Value>(&event.data) {
                     Ok(value)
                         if value.get("id") == Some(&id_value) && value.get("method").is_none() =>
@@ -65,7 +80,19 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
                         answer_event = Some(event);
                         break;
                     }
-                    _ => before.push(event),
+                    _ => {
+                        held = held.saturating_add(event.data.len() + EVENT_OVERHEAD);
+                        if held > MAX_HELD_BYTES {
+                            return Err(ProxyError::UpstreamProtocol(format!(
+                                "more than {MAX_HELD_BYTES} bytes of events before the tools/list answer"
+                            )));
+                        }
+                        let mut event = event;
+                        if let Some(redacted) = redact_tool_list(&ctx.grant.policy, &event.data) {
+                            event.data = redacted;
+                        }
+                        before.push(event);
+                    }
                 }
             }
             found
@@ -125,11 +152,7 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     ctx.server.catalog.replace(&tools);
     let total = tools.len();
     let policy = &ctx.grant.policy;
-    tools.retain(|tool| {
-        tool.get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|name| policy.is_visible(name))
-    });
+    tools.retain(|tool| is_visible_tool(policy, tool));
     let visible = tools.len();
     result.insert("tools".into(), Value::Array(tools));
     if ctx.era == Era::Modern {
@@ -146,6 +169,35 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         .count_request(&ctx.server.name, "tools/list", "allow");
     let answer = json!({"jsonrpc": "2.0", "id": id_value, "result": Value::Object(result)});
     Ok(finish(&before, answer_event, answer, status))
+}
+
+/// Whether a listed tool definition may be shown: it has a string name the policy shows.
+fn is_visible_tool(policy: &Policy, tool: &Value) -> bool {
+    tool.get("name")
+        .and_then(Value::as_str)
+        .is_some_and(|name| policy.is_visible(name))
+}
+
+/// The JSON-RPC response `data` with the tools `policy` hides removed from its `result.tools`
+/// (and the upstream's `nextCursor` dropped), or `None` when `data` is not a response carrying a
+/// tool list. For answers the gateway passes through without knowing they answer a `tools/list`:
+/// a replayed stream, a page the gateway itself asked for.
+pub(crate) fn redact_tool_list(policy: &Policy, data: &str) -> Option<String> {
+    // Cheap test first; an escaped key (`"\u0074ools"`) still gets parsed.
+    if !data.contains("tools") && !data.contains('\\') {
+        return None;
+    }
+    let mut message: Value = serde_json::from_str(data).ok()?;
+    if message.get("method").is_some() {
+        return None;
+    }
+    let result = message.get_mut("result")?.as_object_mut()?;
+    let Some(Value::Array(tools)) = result.get_mut("tools") else {
+        return None;
+    };
+    tools.retain(|tool| is_visible_tool(policy, tool));
+    result.remove("nextCursor");
+    Some(message.to_string())
 }
 
 fn finish(
