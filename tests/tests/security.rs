@@ -304,6 +304,8 @@ mod scripted {
         /// An event stream of `events` logging notifications of `pad` bytes each, then
         /// silence, never the answer.
         Stall { events: usize, pad: usize },
+        /// A JSON answer whose head arrives and whose body never ends.
+        TrickleJson,
     }
 
     pub struct Scripted {
@@ -325,6 +327,7 @@ mod scripted {
     struct Script {
         list: Answer,
         call: Answer,
+        session_id: String,
         requests: Arc<AtomicU64>,
         calls: Arc<AtomicU64>,
     }
@@ -333,11 +336,17 @@ mod scripted {
 
     impl Scripted {
         pub async fn start(list: Answer, call: Answer) -> Scripted {
+            Self::start_with_session(list, call, "scripted-session").await
+        }
+
+        /// Like [`Scripted::start`], answering `initialize` with `session_id`.
+        pub async fn start_with_session(list: Answer, call: Answer, session_id: &str) -> Scripted {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr: SocketAddr = listener.local_addr().unwrap();
             let script = Script {
                 list,
                 call,
+                session_id: session_id.to_owned(),
                 requests: Arc::default(),
                 calls: Arc::default(),
             };
@@ -369,10 +378,14 @@ mod scripted {
     }
 
     fn json_reply(status: u16, body: Value) -> Reply {
+        json_reply_in(status, body, "scripted-session")
+    }
+
+    fn json_reply_in(status: u16, body: Value, session: &str) -> Reply {
         hyper::Response::builder()
             .status(status)
             .header("content-type", "application/json")
-            .header("mcp-session-id", "scripted-session")
+            .header("mcp-session-id", session)
             .body(Full::new(Bytes::from(body.to_string())).boxed())
             .unwrap()
     }
@@ -406,6 +419,23 @@ mod scripted {
             .unwrap()
     }
 
+    fn trickle_json() -> Reply {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(
+                    b"{\"jsonrpc\":\"2.0\",",
+                ))))
+                .await;
+            tx.closed().await;
+        });
+        hyper::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+            .unwrap()
+    }
+
     async fn answer(script: &Script, req: hyper::Request<Incoming>) -> Reply {
         script.requests.fetch_add(1, Ordering::SeqCst);
         let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -425,11 +455,12 @@ mod scripted {
             "tools/list" => &script.list,
             "tools/call" => &script.call,
             "initialize" => {
-                return json_reply(
+                return json_reply_in(
                     200,
                     json!({"jsonrpc": "2.0", "id": id, "result": {
                         "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
                         "serverInfo": {"name": "scripted", "version": "0"}}}),
+                    &script.session_id,
                 );
             }
             _ => {
@@ -443,6 +474,7 @@ mod scripted {
         match given {
             Answer::Status(status) => status_reply(*status),
             Answer::Stall { events, pad } => stall(*events, *pad),
+            Answer::TrickleJson => trickle_json(),
             Answer::Normal if method == "tools/list" => json_reply(
                 200,
                 json!({"jsonrpc": "2.0", "id": id, "result": {"tools": [
@@ -684,4 +716,60 @@ async fn a_client_cannot_mint_metric_label_values_with_made_up_methods() {
         ),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_json_answer_whose_body_never_ends_times_out() {
+    init_tracing();
+    let upstream =
+        scripted::Scripted::start(scripted::Answer::Normal, scripted::Answer::TrickleJson).await;
+    let gateway = GatewayBuilder::new()
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .extra_toml("[limits]\nupstream_timeout_secs = 1")
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    let session = raw.initialize().await.unwrap();
+    let call = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        raw.legacy(
+            &session,
+            1,
+            "tools/call",
+            json!({"name": "work", "arguments": {}}),
+        ),
+    )
+    .await
+    .expect("the gateway gives up on a body that never ends");
+    assert_eq!(call.status, 504, "{call:?}");
+}
+
+#[tokio::test]
+async fn an_upstream_session_id_too_long_to_seal_is_refused_at_initialize() {
+    init_tracing();
+    let long = "s".repeat(5000);
+    let upstream = scripted::Scripted::start_with_session(
+        scripted::Answer::Normal,
+        scripted::Answer::Normal,
+        &long,
+    )
+    .await;
+    let gateway = GatewayBuilder::new()
+        .http_upstream("up", &upstream.url)
+        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
+    let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "0"}}});
+    let reply = raw.post(body.to_string(), &[]).await;
+    assert_eq!(
+        reply.status, 502,
+        "a session the client could never use: {reply:?}"
+    );
+    assert!(reply.header("mcp-session-id").is_none());
 }

@@ -53,6 +53,9 @@ use crate::error::ProxyError;
 /// One pooled client: plain HTTP, or HTTPS with one TLS setting.
 pub type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The longest upstream `Mcp-Session-Id` accepted (it is sealed into the client's session id).
+pub const MAX_UPSTREAM_SESSION_ID: usize = 1024;
+
 /// The largest JSON answer the gateway collects from an upstream.
 pub const MAX_UPSTREAM_JSON_BYTES: usize = 64 * 1024 * 1024;
 
@@ -256,8 +259,9 @@ impl HttpUpstream {
     async fn send(
         &self,
         request: Request<Full<Bytes>>,
+        deadline: tokio::time::Instant,
     ) -> Result<http::Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(error)) => {
                 let message = match tls_problem(&error) {
@@ -284,8 +288,16 @@ impl HttpUpstream {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         let request = self.request(Method::POST, headers, outbound.session, outbound.body)?;
-        let response = self.send(request).await?;
-        self.reply(response).await
+        let deadline = self.deadline();
+        let response = self.send(request, deadline).await?;
+        self.reply(response, deadline).await
+    }
+
+    /// One deadline for the answer's head and, for a JSON answer, its whole body: an upstream that
+    /// sends headers and then trickles its body must not hold a request forever. (An SSE body is
+    /// a stream with no overall deadline; its consumers bound their own waits.)
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
     }
 
     /// Opens the GET stream of a session (`Last-Event-ID` travels in `headers`).
@@ -296,8 +308,9 @@ impl HttpUpstream {
     ) -> Result<UpstreamReply, ProxyError> {
         headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
         let request = self.request(Method::GET, headers, Some(session), Bytes::new())?;
-        let response = self.send(request).await?;
-        self.reply(response).await
+        let deadline = self.deadline();
+        let response = self.send(request, deadline).await?;
+        self.reply(response, deadline).await
     }
 
     /// Ends a session.
@@ -307,17 +320,30 @@ impl HttpUpstream {
         headers: HeaderMap,
     ) -> Result<StatusCode, ProxyError> {
         let request = self.request(Method::DELETE, headers, Some(session), Bytes::new())?;
-        let response = self.send(request).await?;
+        let response = self.send(request, self.deadline()).await?;
         Ok(response.status())
     }
 
-    async fn reply(&self, response: http::Response<Incoming>) -> Result<UpstreamReply, ProxyError> {
+    async fn reply(
+        &self,
+        response: http::Response<Incoming>,
+        deadline: tokio::time::Instant,
+    ) -> Result<UpstreamReply, ProxyError> {
         let status = response.status();
-        let session_id = response
-            .headers()
-            .get(SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let session_id = match response.headers().get(SESSION_ID) {
+            None => None,
+            Some(value) => match value.to_str() {
+                // The id is sealed into the client's own session id, which must stay openable.
+                Ok(id) if !id.is_empty() && id.len() <= MAX_UPSTREAM_SESSION_ID => {
+                    Some(id.to_owned())
+                }
+                _ => {
+                    return Err(ProxyError::UpstreamProtocol(format!(
+                        "upstream session id is not 1 to {MAX_UPSTREAM_SESSION_ID} visible ASCII characters"
+                    )));
+                }
+            },
+        };
         let content_type = response
             .headers()
             .get(CONTENT_TYPE)
@@ -334,9 +360,13 @@ impl HttpUpstream {
         let body = match content_type.as_str() {
             "text/event-stream" => ReplyBody::Sse(sse_stream(body)),
             _ => {
-                let bytes = Limited::new(body, MAX_UPSTREAM_JSON_BYTES)
-                    .collect()
-                    .await
+                let collected = tokio::time::timeout_at(
+                    deadline,
+                    Limited::new(body, MAX_UPSTREAM_JSON_BYTES).collect(),
+                )
+                .await
+                .map_err(|_| ProxyError::UpstreamTimeout)?;
+                let bytes = collected
                     .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading body: {e}")))?
                     .to_bytes();
                 if bytes.is_empty() {
