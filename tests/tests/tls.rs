@@ -421,7 +421,7 @@ async fn without_tls_ca_file_a_private_ca_is_unknown_and_the_call_is_a_502_that_
         .await;
     assert_eq!(call.status, 502, "{call:?}");
     assert_eq!(upstream.stats().http_requests, 0);
-    assert!(upstream_errors(&gateway, "upstream_unavailable").await >= 2);
+    assert!(upstream_errors(&gateway, "upstream_tls").await >= 2);
 }
 
 #[tokio::test]
@@ -538,5 +538,5 @@ async fn an_upstream_requiring_a_client_certificate_accepts_the_configured_one_a
         )
         .await;
     assert_eq!(upstream.stats().http_requests, requests);
-    assert!(upstream_errors(&without, "upstream_unavailable").await >= 1);
+    assert!(upstream_errors(&without, "upstream_tls").await >= 1);
 }

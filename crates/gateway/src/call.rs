@@ -169,7 +169,7 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
             // Refused connections never reached the upstream: give the tokens back. A timeout
             // may have run the tool: unknown means spent.
             let outcome = match error {
-                ProxyError::UpstreamUnavailable(_) => Outcome::NotSent,
+                ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTls(_) => Outcome::NotSent,
                 _ => Outcome::Unknown,
             };
             settlement.finish(outcome, None, AuditDecision::Error);

@@ -89,6 +89,10 @@ pub enum ProxyError {
     /// The upstream could not be reached.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The TLS handshake with the upstream failed (untrusted or expired certificate, wrong host
+    /// name, client certificate refused): a configuration problem, not a passing fault.
+    #[error("upstream unavailable: {0}")]
+    UpstreamTls(String),
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -124,9 +128,10 @@ impl ProxyError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            Self::UpstreamUnavailable(_) | Self::UpstreamTimeout | Self::UpstreamProtocol(_) => {
-                Fault::Upstream
-            }
+            Self::UpstreamUnavailable(_)
+            | Self::UpstreamTls(_)
+            | Self::UpstreamTimeout
+            | Self::UpstreamProtocol(_) => Fault::Upstream,
             Self::Internal(_) => Fault::Internal,
             _ => Fault::Client,
         }
@@ -151,6 +156,7 @@ impl ProxyError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoSuchServer => "no_such_server",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::UpstreamTls(_) => "upstream_tls",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol(_) => "upstream_protocol",
             Self::Internal(_) => "internal",
@@ -168,7 +174,9 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::SessionNotFound | Self::NoSuchServer => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamUnavailable(_) | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable(_) | Self::UpstreamTls(_) | Self::UpstreamProtocol(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -178,7 +186,7 @@ impl ProxyError {
         match self {
             Self::BadRequest(bad) => bad.code,
             Self::SessionNotFound => -32001,
-            Self::UpstreamUnavailable(_) => UPSTREAM_UNAVAILABLE,
+            Self::UpstreamUnavailable(_) | Self::UpstreamTls(_) => UPSTREAM_UNAVAILABLE,
             Self::UpstreamTimeout => UPSTREAM_TIMEOUT,
             Self::UpstreamProtocol(_) => UPSTREAM_PROTOCOL,
             Self::Internal(_) => GATEWAY_INTERNAL,

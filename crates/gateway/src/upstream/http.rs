@@ -264,16 +264,16 @@ impl HttpUpstream {
         match tokio::time::timeout_at(deadline, self.client.request(request)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(error)) => {
-                let message = match tls_problem(&error) {
-                    Some(problem) => format!(
+                let failure = match tls_problem(&error) {
+                    Some(problem) => ProxyError::UpstreamTls(format!(
                         "tls with {} failed: {problem}: {}",
                         self.url.authority().map_or("", |a| a.as_str()),
                         error_chain(&error)
-                    ),
-                    None => error_chain(&error),
+                    )),
+                    None => ProxyError::UpstreamUnavailable(error_chain(&error)),
                 };
-                tracing::debug!(server = %self.name, error = %message, "upstream request failed");
-                Err(ProxyError::UpstreamUnavailable(message))
+                tracing::debug!(server = %self.name, error = %failure, "upstream request failed");
+                Err(failure)
             }
             Ok(Ok(response)) => Ok(response),
         }
