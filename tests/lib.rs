@@ -410,6 +410,35 @@ impl Raw {
     }
 }
 
+/// A real MCP client (rmcp) through the gateway at `url` with the bearer `token`: the legacy
+/// `initialize` handshake, or the modern (2026-07-28) `server/discover` lifecycle.
+pub async fn mcp_client(
+    url: &str,
+    token: &str,
+    modern: bool,
+) -> rmcp::service::RunningService<rmcp::service::RoleClient, ()> {
+    use rmcp::ServiceExt as _;
+    use rmcp::service::ClientServiceExt as _;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            url.to_owned(),
+        )
+        .auth_header(token),
+    );
+    if modern {
+        ().serve_with_lifecycle(
+            transport,
+            rmcp::service::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("modern client connects")
+    } else {
+        ().serve(transport).await.expect("legacy client connects")
+    }
+}
+
 /// Reads every record of an audit file.
 pub fn audit_records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)

@@ -5,11 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use rmcp::ServiceExt as _;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ProtocolVersion};
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _, RoleClient, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::{RoleClient, RunningService};
 use serde_json::{Value, json};
 use tollgate_testkit::{Upstream, UpstreamOptions};
 use tollgate_tests::{GatewayBuilder, SEED_POLICY, audit_records, init_tracing};
@@ -18,21 +15,7 @@ use tracing::info;
 const TOKEN: &str = "seed-grant-token-0123456789";
 
 async fn client(url: &str, modern: bool) -> RunningService<RoleClient, ()> {
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN),
-    );
-    if modern {
-        ().serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .expect("modern client connects")
-    } else {
-        ().serve(transport).await.expect("legacy client connects")
-    }
+    tollgate_tests::mcp_client(url, TOKEN, modern).await
 }
 
 fn call(name: &'static str, args: Value) -> CallToolRequestParams {

@@ -18,11 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rcgen::{CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rmcp::ServiceExt as _;
-use rmcp::model::{CallToolRequestParams, ProtocolVersion};
-use rmcp::service::{ClientLifecycleMode, ClientServiceExt as _, RoleClient, RunningService};
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::model::CallToolRequestParams;
+use rmcp::service::{RoleClient, RunningService};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde_json::json;
 use tollgate_testkit::{RunningUpstream, Upstream, UpstreamOptions, wait_for};
@@ -240,21 +237,7 @@ async fn gateway(builder: GatewayBuilder) -> Gateway {
 }
 
 async fn mcp_client(url: &str, modern: bool) -> RunningService<RoleClient, ()> {
-    let transport = StreamableHttpClientTransport::from_config(
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(TOKEN),
-    );
-    if modern {
-        ().serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .expect("modern client connects")
-    } else {
-        ().serve(transport).await.expect("legacy client connects")
-    }
+    tollgate_tests::mcp_client(url, TOKEN, modern).await
 }
 
 fn echo(text: &str) -> CallToolRequestParams {

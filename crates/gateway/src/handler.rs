@@ -475,17 +475,7 @@ async fn handle_post(
     let plain = |e: ProxyError| (e, None, None);
     let (grant, server) = admit(&shared, &server_name, &headers).map_err(plain)?;
     span.record(semconv::TOLLGATE_GRANT, grant.label.as_str());
-    let content_type = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if content_type.as_deref() != Some("application/json") {
+    if mcp_headers::media_type(&headers) != "application/json" {
         return Err(plain(ProxyError::UnsupportedMediaType));
     }
     if !mcp_headers::accepts_json_and_sse(&headers) {

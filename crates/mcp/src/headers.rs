@@ -551,6 +551,16 @@ pub fn accepts_sse(headers: &HeaderMap) -> bool {
     accepted_media(headers).1
 }
 
+/// The media type of a `Content-Type` header, lowercased, without parameters (`""` if absent).
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
 /// `(JSON accepted, SSE accepted)` by the `Accept` headers.
 fn accepted_media(headers: &HeaderMap) -> (bool, bool) {
     let mut json_ok = false;

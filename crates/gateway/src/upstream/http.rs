@@ -344,18 +344,7 @@ impl HttpUpstream {
                 }
             },
         };
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
-            .unwrap_or_default();
+        let content_type = tollgate_mcp::headers::media_type(response.headers());
         let body = response.into_body();
         let body = match content_type.as_str() {
             "text/event-stream" => ReplyBody::Sse(sse_stream(body)),
