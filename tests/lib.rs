@@ -48,6 +48,7 @@ pub struct GatewayBuilder {
     session_keys: Vec<(String, [u8; 32])>,
     node_id: String,
     extra: String,
+    clock: Option<tollgate_quota::ManualClock>,
     dir: tempfile::TempDir,
 }
 
@@ -65,6 +66,7 @@ impl GatewayBuilder {
             session_keys: vec![("k1".to_owned(), [7u8; 32])],
             node_id: "test-node".to_owned(),
             extra: String::new(),
+            clock: None,
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
@@ -124,6 +126,13 @@ impl GatewayBuilder {
 
     pub fn session_keys(mut self, keys: &[(&str, [u8; 32])]) -> Self {
         self.session_keys = keys.iter().map(|(id, k)| (id.to_string(), *k)).collect();
+        self
+    }
+
+    /// Rate-limit windows follow `clock` instead of the system clock, so a test's calls cannot
+    /// straddle a window boundary by chance, and a test can move to the next window at will.
+    pub fn quota_clock(mut self, clock: &tollgate_quota::ManualClock) -> Self {
+        self.clock = Some(clock.clone());
         self
     }
 
@@ -203,9 +212,16 @@ impl GatewayBuilder {
         std::fs::write(&path, &text)?;
         let config = Config::load(&path, &tollgate_gateway::config::ProcessEnv)
             .map_err(|e| anyhow::anyhow!("config rejected:\n{e}\n---\n{text}"))?;
-        let running = tollgate_gateway::start(config)
-            .await
-            .context("starting the gateway")?;
+        let running = match &self.clock {
+            None => tollgate_gateway::start(config).await,
+            Some(clock) => {
+                let quota =
+                    std::sync::Arc::new(tollgate_quota::LocalQuota::with_clock(clock.clone()));
+                let metrics = std::sync::Arc::new(tollgate_telemetry::Metrics::new());
+                tollgate_gateway::start_with(config, metrics, quota).await
+            }
+        }
+        .context("starting the gateway")?;
         Ok(Gateway {
             audit_path: self.dir.path().join("audit.jsonl"),
             running: Some(running),

@@ -292,7 +292,10 @@ async fn a_call_the_upstream_answers_with_a_jsonrpc_error_gives_its_token_back()
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
     let policy = r#"{"version":"1","default":"allow","all_tools":{"limits":[
         {"counter":"calls","window":"minute","max":2,"scope":"grant"}]}}"#;
+    // 5 s into a minute on a clock the test holds: no window boundary can fall between calls.
+    let clock = tollgate_quota::ManualClock::new(1_795_000_025_000);
     let gateway = GatewayBuilder::new()
+        .quota_clock(&clock)
         .http_upstream("up", &upstream.url)
         .grant("g", TOKEN, "up", Some(policy))
         .start()

@@ -619,7 +619,9 @@ async fn a_call_answered_by_a_5xx_error_page_keeps_its_token() {
         scripted::Scripted::start(scripted::Answer::Normal, scripted::Answer::Status(504)).await;
     let policy = r#"{"version":"1","default":"allow","all_tools":{"limits":[
         {"counter":"calls","window":"minute","max":1,"scope":"grant"}]}}"#;
+    let clock = tollgate_quota::ManualClock::new(1_795_000_025_000);
     let gateway = GatewayBuilder::new()
+        .quota_clock(&clock)
         .http_upstream("up", &upstream.url)
         .grant("g", TOKEN, "up", Some(policy))
         .start()

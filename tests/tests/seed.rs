@@ -43,7 +43,12 @@ async fn seed_scenario(modern: bool) {
         "--- start an upstream with run-rerun and other tools, and the gateway with the seed policy"
     );
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    // Windows follow a clock the test holds: 5 s into a UTC minute, so all eleven calls fall in
+    // one window whatever the wall clock says, and `retry_after` is known exactly.
+    let minute_start_ms = 1_795_000_020_000; // a multiple of 60 000
+    let clock = tollgate_quota::ManualClock::new(minute_start_ms + 5_000);
     let gateway = GatewayBuilder::new()
+        .quota_clock(&clock)
         .http_upstream("http", &upstream.url)
         .grant("ci", TOKEN, "http", Some(SEED_POLICY))
         .start()
@@ -83,8 +88,11 @@ async fn seed_scenario(modern: bool) {
     let meta = decision_meta(&refused);
     assert_eq!(meta["decision"], "rate_limited");
     assert_eq!(meta["rule_id"], "/tools/run-rerun/limits/run-rerun_rate");
-    let retry_after = meta["retry_after"].as_u64().expect("retry_after");
-    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(meta["retry_after"], 55, "the minute window ends in 55 s");
+    assert!(
+        text_refused.ends_with("Try again in 55s."),
+        "{text_refused}"
+    );
     assert!(
         meta["policy_version"]
             .as_str()
@@ -92,6 +100,15 @@ async fn seed_scenario(modern: bool) {
             .starts_with("sha256:")
     );
     assert_eq!(upstream.stats().calls("run-rerun"), 10);
+
+    info!("--- the next minute window admits run-rerun again");
+    clock.set(minute_start_ms + 60_000);
+    let next = client
+        .call_tool(call("run-rerun", json!({"run_id": "run-12"})))
+        .await
+        .unwrap();
+    assert_ne!(next.is_error, Some(true), "{next:?}");
+    assert_eq!(upstream.stats().calls("run-rerun"), 11);
 
     info!("--- any other tool is refused by default");
     let denied = client
@@ -124,7 +141,11 @@ async fn seed_scenario(modern: bool) {
             .filter(|r| r["method"] == "tools/call" && r["decision"] == d)
             .count()
     };
-    assert_eq!(decisions("allow"), 10);
+    let summary: Vec<String> = records
+        .iter()
+        .map(|r| format!("{} {} {}", r["method"], r["tool"], r["decision"]))
+        .collect();
+    assert_eq!(decisions("allow"), 11, "{summary:#?}");
     assert_eq!(decisions("rate_limited"), 1);
     assert_eq!(decisions("default_deny"), 1);
     assert_eq!(decisions("unknown_tool"), 1);
