@@ -29,6 +29,12 @@
 //! linear scan that cuts off a torn tail. Snapshots are one JSON file replaced atomically (see
 //! [`state_machine`]).
 //!
+//! # Peer RPC and nodes
+//!
+//! [`network`] carries Raft's three RPCs over tonic on a port of their own (one reused channel per
+//! peer, 64 MiB message limit); [`node`] ties storage, Raft and that service into a
+//! [`RaftNode`] that bootstraps from a fixed member list and redirects writes to the leader.
+//!
 //! # Layout
 //!
 //! ```text
@@ -49,16 +55,33 @@
 
 mod fsio;
 pub mod log_store;
+pub mod network;
+pub mod node;
 pub mod state;
 pub mod state_machine;
 pub mod types;
 
 pub use log_store::LogStore;
+pub use network::{MAX_MESSAGE_SIZE, Network, PeerError, RaftServer};
+pub use node::{NodeError, RaftNode};
 pub use state::{
     CHANGE_LOG_CAPACITY, Change, ChangeRecord, ConfigState, Grant, PolicyVersion, Rejection,
 };
 pub use state_machine::{SnapshotBuilder, StateMachineData, StateMachineStore, StateReader};
 pub use types::{NodeId, PeerNode, Request, Response, TokenHash, TypeConfig};
+
+/// The Raft peer protocol (protobuf package `tollgate.raft.v1`), generated from
+/// `proto/tollgate/raft/v1/raft.proto`; see [`network`] for how openraft's types travel in it.
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+pub mod pb {
+    tonic::include_proto!("tollgate.raft.v1");
+}
 
 /// Open the log store and the state machine of one node, both under `dir`.
 pub fn open_storage(
