@@ -1,0 +1,47 @@
+//! The crate's error type, and the one place where failures become gRPC statuses.
+
+use tollgate_proto::LEADER_METADATA_KEY;
+use tollgate_raft::{NodeError, Rejection};
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+
+/// Errors of setting up the control services.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The configured admin token is empty, which would let anybody in.
+    #[error("the admin token must not be empty")]
+    EmptyAdminToken,
+}
+
+/// A write or membership change that failed inside the Raft node.
+pub(crate) fn node_status(error: NodeError) -> Status {
+    match error {
+        NodeError::ForwardToLeader { leader, .. } => {
+            let mut status = Status::unavailable("not the leader; retry on the leader");
+            if let Some(leader) = leader
+                && let Ok(value) = MetadataValue::try_from(leader.api_addr.as_str())
+            {
+                status.metadata_mut().insert(LEADER_METADATA_KEY, value);
+            }
+            status
+        }
+        NodeError::Fatal(e) => Status::unavailable(format!("raft stopped: {e}")),
+        NodeError::Write(e) => Status::unavailable(format!("raft write failed: {e}")),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// A request the state machine refused, with its message.
+pub(crate) fn rejection_status(rejection: &Rejection) -> Status {
+    let message = rejection.to_string();
+    match rejection {
+        Rejection::UnknownPolicy { .. }
+        | Rejection::UnknownPolicyVersion { .. }
+        | Rejection::UnknownGrant { .. }
+        | Rejection::UnknownUpstream { .. } => Status::not_found(message),
+        Rejection::DuplicateGrant { .. } | Rejection::DuplicateToken { .. } => {
+            Status::already_exists(message)
+        }
+        Rejection::AlreadyRevoked { .. } => Status::failed_precondition(message),
+    }
+}

@@ -1,0 +1,153 @@
+//! `ConfigService.Watch`: a node's applied configuration as a stream of events.
+//!
+//! ```text
+//!   subscribe_revision() ──▶ first event:  from == 0, too old or ahead  → snapshot @ current
+//!                                          otherwise                    → changes (from, current]
+//!                                          (nothing if from == current)
+//!              ┌──────────▶ on every revision change:
+//!              │              changes_since(last sent) → one change-set event @ newest revision
+//!              └──────────    change log no longer covers it          → snapshot @ current
+//! ```
+//!
+//! Each event is built inside one [`tollgate_raft::StateReader::read`], so it describes exactly
+//! one applied state and revisions on a stream strictly increase. Several revisions that land
+//! between two wake-ups go out as one change set (the gateway applies it at once). The stream
+//! ends when the client goes away or the node stops.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::config_service_server::ConfigService;
+use tollgate_proto::v1::{ConfigChanges, ConfigEvent, WatchRequest, config_event};
+use tollgate_raft::{ConfigState, RaftNode, StateReader};
+use tonic::{Request, Response, Status};
+use tracing::debug;
+
+use crate::convert;
+use crate::gateways::GatewayRegistry;
+
+/// Events buffered per stream before the sender waits for the gateway to read.
+const STREAM_BUFFER: usize = 16;
+
+/// The `tollgate.v1.ConfigService` of one control node.
+#[derive(Clone)]
+pub struct ConfigServiceImpl {
+    node_id: u64,
+    reader: StateReader,
+    gateways: GatewayRegistry,
+    next_stream: Arc<AtomicU64>,
+}
+
+impl ConfigServiceImpl {
+    /// Serve `node`'s applied state, recording watching gateways in `gateways`.
+    pub fn new(node: &RaftNode, gateways: GatewayRegistry) -> Self {
+        Self {
+            node_id: node.id(),
+            reader: node.reader(),
+            gateways,
+            next_stream: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The tonic service, ready for `Server::add_service`.
+    pub fn into_server(
+        self,
+    ) -> tollgate_proto::v1::config_service_server::ConfigServiceServer<Self> {
+        tollgate_proto::v1::config_service_server::ConfigServiceServer::new(self)
+    }
+}
+
+fn snapshot_event(state: &ConfigState) -> ConfigEvent {
+    ConfigEvent {
+        revision: state.revision(),
+        kind: Some(config_event::Kind::Snapshot(convert::snapshot(state))),
+    }
+}
+
+/// The event that brings a watcher at `from` to `state`'s revision; `None` if it is there already.
+pub fn next_event(state: &ConfigState, from: u64) -> Option<ConfigEvent> {
+    if from == 0 {
+        return Some(snapshot_event(state));
+    }
+    let Some(records) = state.changes_since(from) else {
+        return Some(snapshot_event(state));
+    };
+    let last = records.last()?.revision;
+    let changes: Option<Vec<_>> = records
+        .iter()
+        .map(|record| convert::change(state, &record.change))
+        .collect();
+    Some(match changes {
+        Some(changes) => ConfigEvent {
+            revision: last,
+            kind: Some(config_event::Kind::Changes(ConfigChanges { changes })),
+        },
+        None => snapshot_event(state),
+    })
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<ConfigEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl ConfigService for ConfigServiceImpl {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let WatchRequest {
+            from_revision,
+            gateway_id,
+        } = request.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let reader = self.reader.clone();
+        let gateways = self.gateways.clone();
+        let node_id = self.node_id;
+        let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        // Subscribe before the first read, so that no revision applied after it is missed.
+        let mut revisions = reader.subscribe_revision();
+        gateways.seen(stream_id, &gateway_id, from_revision, node_id);
+        tokio::spawn(async move {
+            let mut sent = from_revision;
+            let mut first = true;
+            loop {
+                if !first {
+                    tokio::select! {
+                        changed = revisions.changed() => {
+                            if changed.is_err() {
+                                break; // the node stopped
+                            }
+                        }
+                        () = tx.closed() => break,
+                    }
+                }
+                revisions.borrow_and_update();
+                let event = reader.read(|state| {
+                    if first {
+                        next_event(state, from_revision)
+                    } else if state.revision() > sent {
+                        next_event(state, sent)
+                    } else {
+                        None
+                    }
+                });
+                first = false;
+                if let Some(event) = event {
+                    sent = event.revision;
+                    if tx.send(Ok(event)).await.is_err() {
+                        break;
+                    }
+                    gateways.seen(stream_id, &gateway_id, sent, node_id);
+                }
+            }
+            debug!(gateway = %gateway_id, revision = sent, "watch stream ended");
+            gateways.closed(stream_id);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
