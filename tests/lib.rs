@@ -426,6 +426,16 @@ impl Raw {
     }
 }
 
+/// The common case: one HTTP upstream named `up`, one grant `g` with `token` under `policy`.
+pub async fn one_upstream(url: &str, token: &str, policy: &str) -> Gateway {
+    GatewayBuilder::new()
+        .http_upstream("up", url)
+        .grant("g", token, "up", Some(policy))
+        .start()
+        .await
+        .expect("the gateway starts")
+}
+
 /// A real MCP client (rmcp) through the gateway at `url` with the bearer `token`: the legacy
 /// `initialize` handshake, or the modern (2026-07-28) `server/discover` lifecycle.
 pub async fn mcp_client(

@@ -11,7 +11,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 use tollgate_testkit::{Eras, Upstream, UpstreamOptions, test_upstream_bin};
-use tollgate_tests::{ALLOW_ALL, GatewayBuilder, Raw, audit_records, init_tracing};
+use tollgate_tests::{ALLOW_ALL, GatewayBuilder, Raw, audit_records, init_tracing, one_upstream};
 use tracing::info;
 
 const TOKEN: &str = "protocol-grant-token-0123456789";
@@ -28,12 +28,7 @@ fn modern_body(id: u64, method: &str, mut params: Value, capabilities: Value) ->
 async fn modern_headers_must_match_the_body_and_a_mismatch_is_never_forwarded() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let body = modern_body(
         1,
@@ -113,12 +108,7 @@ async fn modern_headers_must_match_the_body_and_a_mismatch_is_never_forwarded() 
 async fn input_required_results_and_request_state_travel_byte_for_byte() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let tool = "test_input_required_result_elicitation";
     let headers = [
@@ -182,12 +172,7 @@ async fn a_modern_client_gets_the_legacy_fallback_signal_from_a_legacy_only_upst
     let upstream = Upstream::start(UpstreamOptions::default().eras(Eras::LegacyOnly))
         .await
         .unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let discover = raw.modern(1, "server/discover", json!({})).await;
     assert_eq!(discover.status, 400, "{discover:?}");
@@ -221,12 +206,7 @@ async fn hidden_tools_are_filtered_and_answer_like_unknown_ones() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
     let policy = r#"{"version":"1","default":"allow","hide":["run-rerun"]}"#;
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(policy))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, policy).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let list = raw.modern(1, "tools/list", json!({})).await;
     let result = list.json()["result"].clone();
@@ -478,12 +458,7 @@ async fn a_stdio_upstream_serves_both_eras_and_its_sessions_stay_on_their_node()
 async fn an_unreachable_upstream_is_a_bad_gateway_not_an_unknown_tool() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     upstream.shutdown().await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let session_less = raw
@@ -525,12 +500,7 @@ async fn an_expired_session_is_not_found() {
 async fn concurrent_first_calls_all_wait_for_the_catalog_instead_of_answering_unknown_tool() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     info!("--- twenty calls to a listed tool before the gateway has seen any list");
     let calls = (0..20).map(|id| {
@@ -563,12 +533,7 @@ async fn concurrent_first_calls_all_wait_for_the_catalog_instead_of_answering_un
 async fn an_input_required_answer_is_audited_as_such_not_as_an_upstream_error() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let tool = "test_input_required_result_elicitation";
     let first = raw

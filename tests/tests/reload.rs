@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use tollgate_testkit::{Upstream, UpstreamOptions};
-use tollgate_tests::{GatewayBuilder, Raw, SEED_POLICY, init_tracing};
+use tollgate_tests::{Raw, SEED_POLICY, init_tracing, one_upstream};
 use tracing::info;
 
 const TOKEN: &str = "reload-grant-token-0123456789";
@@ -14,12 +14,7 @@ const TOKEN: &str = "reload-grant-token-0123456789";
 async fn a_bad_policy_is_refused_on_reload_and_the_old_one_keeps_serving() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(SEED_POLICY))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, SEED_POLICY).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let echo = || {
         raw.modern(

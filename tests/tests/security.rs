@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use tollgate_testkit::{Upstream, UpstreamOptions};
-use tollgate_tests::{ALLOW_ALL, Gateway, GatewayBuilder, Raw, init_tracing};
+use tollgate_tests::{ALLOW_ALL, Gateway, GatewayBuilder, Raw, init_tracing, one_upstream};
 
 const TOKEN: &str = "security-grant-token-0123456789";
 const OTHER_TOKEN: &str = "other-server-token-0123456789";
@@ -232,12 +232,7 @@ async fn resuming_a_stream_never_replays_an_unfiltered_tool_list() {
     init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
     let policy = r#"{"version":"1","default":"allow","hide":["run-rerun"]}"#;
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(policy))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, policy).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let session = raw.initialize().await.unwrap();
 
@@ -758,12 +753,7 @@ async fn an_upstream_session_id_too_long_to_seal_is_refused_at_initialize() {
         &long,
     )
     .await;
-    let gateway = GatewayBuilder::new()
-        .http_upstream("up", &upstream.url)
-        .grant("g", TOKEN, "up", Some(ALLOW_ALL))
-        .start()
-        .await
-        .unwrap();
+    let gateway = one_upstream(&upstream.url, TOKEN, ALLOW_ALL).await;
     let raw = Raw::new(&gateway.url("up"), Some(TOKEN));
     let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
