@@ -3,14 +3,34 @@
 //! Every call first checks the admin token. Writes are proposed on this node and refused with
 //! `UNAVAILABLE` (plus the leader's API address in `tollgate-leader`) when it is not the leader;
 //! reads come from this node's applied state and carry the revision they were read at.
+//!
+//! # Checks before proposing, and in the log
+//!
+//! `PutPolicy`'s `expected_version` and `CreateGrant`'s server and policy are checked twice: here
+//! against the applied state, for a fast answer, and again by the state machine when the entry is
+//! applied, which decides (two racing puts expecting the same version cannot both win).
+//!
+//! # Membership
+//!
+//! ```text
+//!   AddNode{promote:false}  ── add_learner ──▶ learner (receives the log, does not vote)
+//!   AddNode{promote:true}   ── add_learner if needed, wait until it has caught up (bounded),
+//!                              then change_membership(+voter): joint, then uniform config
+//!   RemoveNode(voter)       ── change_membership(-voter, not retained): gone from the nodes too
+//!   RemoveNode(learner)     ── change_membership(remove node)
+//! ```
+//!
+//! Membership calls are refused on a follower before anything else, like writes; openraft's own
+//! blocking `add_learner` waits without a deadline for a learner to catch up, so the wait here is
+//! separate and bounded by [`CATCH_UP_TIMEOUT`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openraft::ChangeMembers;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Membership, ServerState};
 use sha2::{Digest as _, Sha256};
 use tollgate_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use tollgate_proto::v1::{
@@ -30,11 +50,15 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::AdminToken;
 use crate::convert;
-use crate::error::{node_status, rejection_status};
+use crate::error::{membership_status, node_status, rejection_status};
 use crate::gateways::{GatewayRegistry, now_unix_ms};
 
 /// The prefix of every grant token, so that leaked tokens are easy to recognize.
 pub const GRANT_TOKEN_PREFIX: &str = "tg_";
+
+/// How long `AddNode { promote: true }` waits for the new node to catch up with the log before
+/// it gives up (the node stays a learner).
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `tollgate.v1.AdminService` of one control node.
 #[derive(Clone)]
@@ -71,19 +95,9 @@ fn applied(response: RaftResponse) -> Result<(u64, Option<u64>), Status> {
     }
 }
 
-fn membership_status(error: RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>) -> Status {
-    match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            node_status(NodeError::ForwardToLeader {
-                leader_id: forward.leader_id,
-                leader: forward.leader_node,
-            })
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            Status::failed_precondition(e.to_string())
-        }
-        RaftError::Fatal(fatal) => node_status(NodeError::Fatal(fatal)),
-    }
+/// The wall clock as the leader stamps it into requests (0 if the clock is before 1970).
+fn now_ms() -> u64 {
+    u64::try_from(now_unix_ms()).unwrap_or(0)
 }
 
 impl AdminServiceImpl {
@@ -106,9 +120,15 @@ impl AdminServiceImpl {
         self.node.client_write(request).await.map_err(node_status)
     }
 
+    /// The members of the membership this node has applied.
     fn members(&self) -> Vec<ClusterMember> {
         let metrics = self.node.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
+        self.members_of(metrics.membership_config.membership())
+    }
+
+    /// The members of `membership`, with the replication progress this node knows (a leader's).
+    fn members_of(&self, membership: &Membership<NodeId, PeerNode>) -> Vec<ClusterMember> {
+        let metrics = self.node.metrics().borrow().clone();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         membership
             .nodes()
@@ -135,6 +155,45 @@ impl AdminServiceImpl {
 
     fn raft(&self) -> &openraft::Raft<TypeConfig> {
         self.node.raft()
+    }
+
+    /// Refuse a membership change on a node that is not the leader, the way writes are refused.
+    fn require_leader(&self) -> Result<(), Status> {
+        let metrics = self.node.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            return Ok(());
+        }
+        let leader = self.node.leader();
+        Err(node_status(NodeError::ForwardToLeader {
+            leader_id: leader.as_ref().map(|(id, _)| *id),
+            leader: leader.map(|(_, node)| node),
+        }))
+    }
+
+    /// Wait until the leader has replicated its log (as of now) to `node_id`, up to
+    /// [`CATCH_UP_TIMEOUT`].
+    async fn wait_caught_up(&self, node_id: NodeId) -> Result<(), Status> {
+        let target = self.node.metrics().borrow().last_log_index;
+        self.raft()
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .metrics(
+                |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&node_id).cloned().flatten())
+                        .map(|log_id| log_id.index);
+                    matched >= target
+                },
+                "the new node has caught up with the log",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {node_id} has not caught up with the log ({e}); it stays a learner"
+                ))
+            })
     }
 }
 
@@ -199,6 +258,8 @@ impl AdminService for AdminServiceImpl {
             .write(RaftRequest::PutPolicy {
                 id: policy_id,
                 document: document_json,
+                expected_version: (expected_version != 0).then_some(expected_version),
+                created_at_unix_ms: now_ms(),
             })
             .await?;
         let (revision, version) = applied(response)?;
@@ -235,8 +296,7 @@ impl AdminService for AdminServiceImpl {
                 .map(|v| PolicyVersion {
                     version: v.version,
                     digest: convert::policy_digest(&v.document),
-                    // The state machine does not record acceptance times of policy versions yet.
-                    created_at_unix_ms: 0,
+                    created_at_unix_ms: i64::try_from(v.created_at_unix_ms).unwrap_or(i64::MAX),
                     rolled_back_from: v.rolled_back_from.unwrap_or(0),
                     document_json: if include_documents {
                         v.document
@@ -263,6 +323,7 @@ impl AdminService for AdminServiceImpl {
             .write(RaftRequest::RollbackPolicy {
                 id: policy_id.clone(),
                 to_version,
+                created_at_unix_ms: now_ms(),
             })
             .await?;
         let (revision, version) = applied(response)?;
@@ -312,7 +373,7 @@ impl AdminService for AdminServiceImpl {
                 token_sha256,
                 server,
                 policy_id,
-                created_at_unix_ms: u64::try_from(now_unix_ms()).unwrap_or(0),
+                created_at_unix_ms: now_ms(),
             })
             .await?;
         let (revision, _) = applied(response)?;
@@ -476,30 +537,27 @@ impl AdminService for AdminServiceImpl {
                 "a node needs a non-zero id, a raft address and an api address",
             ));
         }
-        let known = self.members().iter().any(|m| m.node_id == node_id);
-        if !known {
-            self.raft()
-                .add_learner(
-                    node_id,
-                    PeerNode {
-                        raft_addr,
-                        api_addr,
-                    },
-                    true,
-                )
-                .await
-                .map_err(membership_status)?;
-        }
-        if promote {
-            let voters: BTreeSet<NodeId> = BTreeSet::from([node_id]);
-            self.raft()
-                .change_membership(ChangeMembers::AddVoterIds(voters), false)
-                .await
-                .map_err(membership_status)?;
-        }
-        Ok(Response::new(AddNodeResponse {
-            members: self.members(),
-        }))
+        self.require_leader()?;
+        let members = self.members();
+        let membership = match members.iter().find(|m| m.node_id == node_id) {
+            None => {
+                let node = PeerNode {
+                    raft_addr,
+                    api_addr,
+                };
+                self.raft()
+                    .add_learner(node_id, node, false)
+                    .await
+                    .map_err(membership_status)?
+                    .membership
+            }
+            // Already a voter, or a learner that stays one: nothing to change.
+            Some(member) if member.role == NodeRole::Voter as i32 || !promote => {
+                return Ok(Response::new(AddNodeResponse { members }));
+            }
+            Some(_) => None,
+        };
+        self.finish_add(node_id, promote, membership).await
     }
 
     async fn remove_node(
@@ -508,12 +566,13 @@ impl AdminService for AdminServiceImpl {
     ) -> Result<Response<RemoveNodeResponse>, Status> {
         self.token.authorize(&request)?;
         let RemoveNodeRequest { node_id } = request.into_inner();
+        self.require_leader()?;
         let members = self.members();
         let Some(member) = members.iter().find(|m| m.node_id == node_id) else {
             return Err(Status::not_found(format!("no node {node_id}")));
         };
         let ids = BTreeSet::from([node_id]);
-        if member.role == NodeRole::Voter as i32 {
+        let change = if member.role == NodeRole::Voter as i32 {
             let voters = members
                 .iter()
                 .filter(|m| m.role == NodeRole::Voter as i32)
@@ -523,18 +582,48 @@ impl AdminService for AdminServiceImpl {
                     "cannot remove the last voter of the cluster",
                 ));
             }
-            self.raft()
-                .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
-                .await
-                .map_err(membership_status)?;
-        }
-        self.raft()
-            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            // Not retained as a learner: the node leaves the node list with its vote.
+            ChangeMembers::RemoveVoters(ids)
+        } else {
+            ChangeMembers::RemoveNodes(ids)
+        };
+        let changed = self
+            .raft()
+            .change_membership(change, false)
             .await
             .map_err(membership_status)?;
-        Ok(Response::new(RemoveNodeResponse {
-            members: self.members(),
-        }))
+        let members = match &changed.membership {
+            Some(membership) => self.members_of(membership),
+            None => self.members(),
+        };
+        Ok(Response::new(RemoveNodeResponse { members }))
+    }
+}
+
+impl AdminServiceImpl {
+    /// After a node is a learner: promote it if asked (once it has caught up), and answer with
+    /// the resulting membership.
+    async fn finish_add(
+        &self,
+        node_id: NodeId,
+        promote: bool,
+        membership: Option<Membership<NodeId, PeerNode>>,
+    ) -> Result<Response<AddNodeResponse>, Status> {
+        let membership = if promote {
+            self.wait_caught_up(node_id).await?;
+            self.raft()
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+                .await
+                .map_err(membership_status)?
+                .membership
+        } else {
+            membership
+        };
+        let members = match &membership {
+            Some(membership) => self.members_of(membership),
+            None => self.members(),
+        };
+        Ok(Response::new(AddNodeResponse { members }))
     }
 }
 

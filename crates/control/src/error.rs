@@ -1,7 +1,8 @@
 //! The crate's error type, and the one place where failures become gRPC statuses.
 
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use tollgate_proto::LEADER_METADATA_KEY;
-use tollgate_raft::{NodeError, Rejection};
+use tollgate_raft::{NodeError, NodeId, PeerNode, Rejection};
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 
@@ -42,6 +43,30 @@ pub(crate) fn rejection_status(rejection: &Rejection) -> Status {
         Rejection::DuplicateGrant { .. } | Rejection::DuplicateToken { .. } => {
             Status::already_exists(message)
         }
-        Rejection::AlreadyRevoked { .. } => Status::failed_precondition(message),
+        Rejection::AlreadyRevoked { .. } | Rejection::VersionMismatch { .. } => {
+            Status::failed_precondition(message)
+        }
+    }
+}
+
+/// A membership change (add a learner, promote, remove) that Raft refused.
+pub(crate) fn membership_status(
+    error: RaftError<NodeId, ClientWriteError<NodeId, PeerNode>>,
+) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            node_status(NodeError::ForwardToLeader {
+                leader_id: forward.leader_id,
+                leader: forward.leader_node,
+            })
+        }
+        // Another change is still being committed: retry once it is done.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => Status::aborted(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(e.to_string())
+        }
+        RaftError::Fatal(fatal) => node_status(NodeError::Fatal(fatal)),
     }
 }

@@ -19,8 +19,8 @@ use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::v1::config_service_client::ConfigServiceClient;
 use tollgate_proto::v1::{
     ConfigEvent, CreateGrantRequest, ListGrantsRequest, ListPolicyVersionsRequest,
-    PutPolicyRequest, PutUpstreamRequest, RevokeGrantRequest, StdioTransport, Upstream,
-    WatchRequest, config_change, config_event, upstream,
+    PutPolicyRequest, PutUpstreamRequest, RevokeGrantRequest, RollbackPolicyRequest,
+    StdioTransport, Upstream, WatchRequest, config_change, config_event, upstream,
 };
 use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
 use tollgate_raft::{NodeId, PeerNode, RaftNode};
@@ -452,4 +452,102 @@ async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
         reached = next_event(&mut stream).await.revision;
     }
     assert_eq!(reached, pushed.revision);
+}
+
+#[tokio::test]
+async fn policy_versions_carry_the_time_the_leader_accepted_them() {
+    let cluster = start_cluster(1).await;
+    let mut client = admin(cluster[0].api_addr).await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    client.put_policy(authed(put("p", GOOD))).await.unwrap();
+    client.put_policy(authed(put("p", GOOD_2))).await.unwrap();
+    client
+        .rollback_policy(authed(RollbackPolicyRequest {
+            policy_id: "p".into(),
+            to_version: 1,
+        }))
+        .await
+        .unwrap();
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let history = client
+        .list_policy_versions(authed(ListPolicyVersionsRequest {
+            policy_id: "p".into(),
+            include_documents: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let stamps: Vec<i64> = history
+        .versions
+        .iter()
+        .map(|v| v.created_at_unix_ms)
+        .collect();
+    assert_eq!(stamps.len(), 3);
+    for stamp in &stamps {
+        let stamp = u128::try_from(*stamp).unwrap();
+        assert!(
+            (before..=after).contains(&stamp),
+            "{stamp} not in {before}..={after}"
+        );
+    }
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "{stamps:?}");
+    assert_eq!(history.versions[2].rolled_back_from, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_racing_puts_expecting_the_same_version_exactly_one_wins() {
+    let cluster = start_cluster(1).await;
+    let mut client = admin(cluster[0].api_addr).await;
+    client.put_policy(authed(put("p", GOOD))).await.unwrap();
+
+    info!("--- eight puts at once, each expecting version 1");
+    let mut racers = Vec::new();
+    for n in 0..8 {
+        let mut client = client.clone();
+        racers.push(tokio::spawn(async move {
+            let document =
+                format!(r#"{{"version":"1","default":"allow","tools":{{"t{n}":{{}}}}}}"#);
+            let mut request = put("p", &document);
+            request.expected_version = 1;
+            client.put_policy(authed(request)).await
+        }));
+    }
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(response) => {
+                let response = response.into_inner();
+                assert!(response.errors.is_empty(), "{:?}", response.errors);
+                assert_eq!(response.version, 2);
+                won += 1;
+            }
+            Err(status) => assert_eq!(status.code(), tonic::Code::FailedPrecondition),
+        }
+    }
+    assert_eq!(
+        won, 1,
+        "puts expecting the same version must not both apply"
+    );
+    let history = client
+        .list_policy_versions(authed(ListPolicyVersionsRequest {
+            policy_id: "p".into(),
+            include_documents: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.serving_version, 2);
+    assert_eq!(history.versions.len(), 2);
+
+    info!("--- a stale expected version is refused");
+    let mut stale = put("p", GOOD);
+    stale.expected_version = 1;
+    let refused = client.put_policy(authed(stale)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 }

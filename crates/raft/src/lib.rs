@@ -34,6 +34,8 @@
 //! [`network`] carries Raft's three RPCs over tonic on a port of their own (one reused channel per
 //! peer, 64 MiB message limit); [`node`] ties storage, Raft and that service into a
 //! [`RaftNode`] that bootstraps from a fixed member list and redirects writes to the leader.
+//! [`faults`] lets in-process test clusters block, delay and degrade the links between nodes
+//! (openraft's own test router does the same), see `tests/partition.rs`.
 //!
 //! # Layout
 //!
@@ -53,6 +55,7 @@
 // return the same type so errors pass through unchanged rather than being boxed and unboxed.
 #![allow(clippy::result_large_err)]
 
+pub mod faults;
 mod fsio;
 pub mod log_store;
 pub mod network;
@@ -61,9 +64,10 @@ pub mod state;
 pub mod state_machine;
 pub mod types;
 
+pub use faults::{FaultStats, Faults, LinkFault, RpcPlan};
 pub use log_store::LogStore;
 pub use network::{MAX_MESSAGE_SIZE, Network, PeerError, RaftServer};
-pub use node::{NodeError, RaftNode};
+pub use node::{NodeError, NodeOptions, RaftNode};
 pub use state::{
     CHANGE_LOG_CAPACITY, Change, ChangeRecord, ConfigState, Grant, PolicyVersion, Rejection,
 };

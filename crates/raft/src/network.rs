@@ -18,6 +18,12 @@
 //! replication stream and per election). A `Channel` reconnects by itself after the peer restarts,
 //! so a cached channel stays usable; a peer whose address changes in the membership gets a new one.
 //!
+//! # Fault injection
+//!
+//! A network made with [`Network::with_faults`] asks its [`Faults`] handle about every outgoing
+//! RPC (from its own node to the target) and blocks, drops, delays it or loses its reply
+//! accordingly; see [`crate::faults`]. Without a handle nothing is consulted.
+//!
 //! # Errors
 //!
 //! A gRPC `UNAVAILABLE` (connection refused, reset, no route) becomes openraft's [`Unreachable`],
@@ -43,6 +49,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::faults::{Faults, RpcPlan};
 use crate::pb;
 use crate::pb::raft_reply::Result as ReplyResult;
 use crate::pb::raft_service_client::RaftServiceClient;
@@ -86,6 +93,14 @@ pub enum PeerError {
         /// The peer.
         target: NodeId,
     },
+    /// A fault injected by a test's [`Faults`] handle.
+    #[error("injected fault on the link to node {target}: {fault}")]
+    Injected {
+        /// The peer.
+        target: NodeId,
+        /// What was injected: `blocked`, `request dropped` or `reply lost`.
+        fault: &'static str,
+    },
 }
 
 /// openraft's network factory: one cached tonic channel per peer, shared by every client.
@@ -93,6 +108,7 @@ pub enum PeerError {
 pub struct Network {
     id: NodeId,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    faults: Option<Faults>,
 }
 
 impl Network {
@@ -101,7 +117,21 @@ impl Network {
         Self {
             id,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            faults: None,
         }
+    }
+
+    /// [`Network::new`], with every outgoing RPC subject to the faults set on `faults`.
+    pub fn with_faults(id: NodeId, faults: Faults) -> Self {
+        Self {
+            faults: Some(faults),
+            ..Self::new(id)
+        }
+    }
+
+    /// The fault handle this network consults, if it was made with one.
+    pub fn faults(&self) -> Option<&Faults> {
+        self.faults.as_ref()
     }
 
     /// The channel to `target` at `addr`: the cached one, or a new lazily connected one.
@@ -143,6 +173,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             source: self.id,
             target,
             client: client.map_err(Arc::new),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -152,6 +183,7 @@ pub struct PeerClient {
     source: NodeId,
     target: NodeId,
     client: Result<RaftServiceClient<Channel>, Arc<PeerError>>,
+    faults: Option<Faults>,
 }
 
 impl PeerClient {
@@ -167,6 +199,24 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        let plan = self
+            .faults
+            .as_ref()
+            .map_or_else(RpcPlan::default, |faults| {
+                faults.plan(self.source, self.target)
+            });
+        let injected = |fault| PeerError::Injected {
+            target: self.target,
+            fault,
+        };
+        if plan.blocked {
+            return Err(RPCError::Unreachable(Unreachable::new(&injected(
+                "blocked",
+            ))));
+        }
+        if plan.dropped {
+            return Err(network_error(injected("request dropped")));
+        }
         let mut client = match &self.client {
             Ok(client) => client.clone(),
             Err(error) => return Err(RPCError::Unreachable(Unreachable::new(error.as_ref()))),
@@ -176,11 +226,18 @@ impl PeerClient {
         let mut request = tonic::Request::new(pb::RaftRequest { data });
         request.set_timeout(ttl);
         let call = async {
-            match kind {
+            if !plan.request_delay.is_zero() {
+                tokio::time::sleep(plan.request_delay).await;
+            }
+            let reply = match kind {
                 RPCTypes::AppendEntries => client.append_entries(request).await,
                 RPCTypes::InstallSnapshot => client.install_snapshot(request).await,
                 RPCTypes::Vote => client.vote(request).await,
+            };
+            if !plan.reply_delay.is_zero() {
+                tokio::time::sleep(plan.reply_delay).await;
             }
+            reply
         };
         let timeout = || {
             RPCError::Timeout(Timeout {
@@ -207,6 +264,7 @@ impl PeerClient {
                     }),
                 });
             }
+            Ok(Ok(_)) if plan.lose_reply => return Err(network_error(injected("reply lost"))),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         match reply.result {
@@ -376,6 +434,34 @@ mod tests {
         let option = RPCOption::new(Duration::from_secs(1));
         let error = client.vote(vote_request(), option).await.unwrap_err();
         assert!(matches!(error, RPCError::Unreachable(_)), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn a_blocked_link_is_unreachable_and_a_dropped_request_is_a_network_error() {
+        let faults = Faults::new();
+        let mut network = Network::with_faults(1, faults.clone());
+        let mut client = network.new_client(2, &peer("127.0.0.1:9")).await;
+        let option = RPCOption::new(Duration::from_secs(1));
+
+        faults.block(1, 2);
+        let blocked = client
+            .vote(vote_request(), option.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&blocked, RPCError::Unreachable(e) if e.to_string().contains("blocked")),
+            "{blocked:?}"
+        );
+
+        faults.heal();
+        faults.drop_rate(1, 2, 1.0);
+        let dropped = client.vote(vote_request(), option).await.unwrap_err();
+        assert!(
+            matches!(&dropped, RPCError::Network(e) if e.to_string().contains("request dropped")),
+            "{dropped:?}"
+        );
+        assert_eq!(faults.stats().blocked, 1);
+        assert_eq!(faults.stats().dropped, 1);
     }
 
     #[tokio::test]

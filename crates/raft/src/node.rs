@@ -7,7 +7,13 @@
 //! with the lowest id initializes the cluster with that list when its own log is empty; the others
 //! wait for it to reach them. A node restarted from its data directory finds its log and does not
 //! initialize again, so the member list only matters on first start; later membership changes go
-//! through Raft (add a learner, promote, remove).
+//! through Raft (add a learner, promote, remove). A node that joins a running cluster starts with
+//! an empty member list, so it never initializes: it waits until a leader adds it as a learner.
+//!
+//! # Options
+//!
+//! [`NodeOptions`] carries what tests change about a node: a [`Faults`] handle that every node of
+//! an in-process cluster shares, so that a test can cut, delay or degrade links between them.
 //!
 //! # Writes
 //!
@@ -29,6 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::faults::Faults;
 use crate::network::{Network, RaftServer};
 use crate::state_machine::StateReader;
 use crate::types::{NodeId, PeerNode, Request, Response, TypeConfig};
@@ -112,6 +119,21 @@ pub fn raft_config() -> Result<Config, openraft::ConfigError> {
     .validate()
 }
 
+/// What can be changed about a node at start, beyond its id, storage, listener and members.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    faults: Option<Faults>,
+}
+
+impl NodeOptions {
+    /// Subject every Raft RPC this node sends to the faults set on `faults` (for tests).
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+}
+
 /// A running control node: Raft, its storage and its peer service.
 pub struct RaftNode {
     id: NodeId,
@@ -143,17 +165,32 @@ impl RaftNode {
     /// Start node `id` with its storage under `dir`, serving the Raft peer protocol on `listener`.
     ///
     /// When `id` is the lowest id of `members` and the log is empty, the cluster is initialized
-    /// with `members` as voters.
+    /// with `members` as voters; with an empty `members` the node never initializes (it joins a
+    /// running cluster when the leader adds it).
     pub async fn start_with_listener(
         id: NodeId,
         dir: impl AsRef<Path>,
         listener: TcpListener,
         members: &[(NodeId, PeerNode)],
     ) -> Result<Self, NodeError> {
+        Self::start_with_options(id, dir, listener, members, NodeOptions::default()).await
+    }
+
+    /// [`RaftNode::start_with_listener`] with [`NodeOptions`] (a fault handle, for tests).
+    pub async fn start_with_options(
+        id: NodeId,
+        dir: impl AsRef<Path>,
+        listener: TcpListener,
+        members: &[(NodeId, PeerNode)],
+        options: NodeOptions,
+    ) -> Result<Self, NodeError> {
         let raft_addr = listener.local_addr().map_err(NodeError::LocalAddr)?;
         let (log, state_machine) = crate::open_storage(dir)?;
         let reader = state_machine.reader();
-        let network = Network::new(id);
+        let network = match options.faults {
+            Some(faults) => Network::with_faults(id, faults),
+            None => Network::new(id),
+        };
         let raft = Raft::new(
             id,
             Arc::new(raft_config()?),

@@ -72,6 +72,16 @@ pub enum Rejection {
         /// Upstream name.
         name: String,
     },
+    /// A put expected another serving version of the policy than the one it has.
+    #[error("policy {id} is at version {actual}, not {expected}")]
+    VersionMismatch {
+        /// Policy id.
+        id: String,
+        /// The version the proposer expected (0: no policy yet).
+        expected: u64,
+        /// The serving version when the put was applied (0: no policy yet).
+        actual: u64,
+    },
 }
 
 /// One stored version of a policy document.
@@ -85,6 +95,9 @@ pub struct PolicyVersion {
     pub document: String,
     /// Set when this version was made by rolling back to an older one.
     pub rolled_back_from: Option<u64>,
+    /// Acceptance time (unix milliseconds) as stamped in the request by its proposer.
+    #[serde(default)]
+    pub created_at_unix_ms: u64,
 }
 
 /// A grant: a client credential bound to one upstream server and one policy.
@@ -262,13 +275,29 @@ impl ConfigState {
     fn change_for(&self, request: &Request) -> Result<(Change, Option<u64>), Rejection> {
         let next_revision = self.revision + 1;
         match request {
-            Request::PutPolicy { id, document } => {
+            Request::PutPolicy {
+                id,
+                document,
+                expected_version,
+                created_at_unix_ms,
+            } => {
+                if let Some(expected) = *expected_version {
+                    let actual = self.current_policy(id).map_or(0, |v| v.version);
+                    if expected != actual {
+                        return Err(Rejection::VersionMismatch {
+                            id: id.clone(),
+                            expected,
+                            actual,
+                        });
+                    }
+                }
                 let version = self.next_policy_version(id);
                 let pv = PolicyVersion {
                     version,
                     revision: next_revision,
                     document: document.clone(),
                     rolled_back_from: None,
+                    created_at_unix_ms: *created_at_unix_ms,
                 };
                 Ok((
                     Change::PolicyVersion {
@@ -278,7 +307,11 @@ impl ConfigState {
                     Some(version),
                 ))
             }
-            Request::RollbackPolicy { id, to_version } => {
+            Request::RollbackPolicy {
+                id,
+                to_version,
+                created_at_unix_ms,
+            } => {
                 let versions = self
                     .policies
                     .get(id)
@@ -296,6 +329,7 @@ impl ConfigState {
                     revision: next_revision,
                     document: old.document.clone(),
                     rolled_back_from: Some(*to_version),
+                    created_at_unix_ms: *created_at_unix_ms,
                 };
                 Ok((
                     Change::PolicyVersion {
@@ -318,6 +352,16 @@ impl ConfigState {
                 }
                 if let Some(holder) = self.tokens.get(token_sha256) {
                     return Err(Rejection::DuplicateToken { id: holder.clone() });
+                }
+                if !self.upstreams.contains_key(server) {
+                    return Err(Rejection::UnknownUpstream {
+                        name: server.clone(),
+                    });
+                }
+                if !self.policies.contains_key(policy_id) {
+                    return Err(Rejection::UnknownPolicy {
+                        id: policy_id.clone(),
+                    });
                 }
                 let grant = Grant {
                     id: id.clone(),

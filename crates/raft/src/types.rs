@@ -68,7 +68,8 @@ impl<'de> Deserialize<'de> for TokenHash {
 
 /// One replicated change request. The caller validates payloads (for example a policy document
 /// with the policy crate) before proposing; the state machine only enforces what must be agreed on
-/// (version numbers, unique ids, existence).
+/// (version numbers and expected versions, unique ids, existence of what a request refers to), so
+/// that those checks are decided in log order rather than racily before proposing.
 ///
 /// Time stamps come inside the request, stamped by the leader that proposed it, so that applying
 /// never reads a clock.
@@ -81,6 +82,13 @@ pub enum Request {
         id: String,
         /// The policy document as JSON text.
         document: String,
+        /// Refuse the put ([`Rejection::VersionMismatch`]) unless the policy's serving version is
+        /// this one when the entry is applied (0: the policy does not exist yet).
+        #[serde(default)]
+        expected_version: Option<u64>,
+        /// Acceptance time (unix milliseconds), stamped by the proposer.
+        #[serde(default)]
+        created_at_unix_ms: u64,
     },
     /// Make an old version current again by storing it as a new version.
     RollbackPolicy {
@@ -88,6 +96,9 @@ pub enum Request {
         id: String,
         /// The version whose document becomes the new version.
         to_version: u64,
+        /// Acceptance time (unix milliseconds), stamped by the proposer.
+        #[serde(default)]
+        created_at_unix_ms: u64,
     },
     /// Create a grant (a client credential); only the token's hash is stored.
     CreateGrant {

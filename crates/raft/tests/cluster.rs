@@ -128,6 +128,8 @@ fn put_policy(id: &str, n: u64) -> Request {
     Request::PutPolicy {
         id: id.to_owned(),
         document: format!(r#"{{"id":"{id}","n":{n}}}"#),
+        expected_version: None,
+        created_at_unix_ms: n,
     }
 }
 

@@ -37,6 +37,8 @@ fn put(id: &str, doc: &str) -> Request {
     Request::PutPolicy {
         id: id.into(),
         document: doc.into(),
+        expected_version: None,
+        created_at_unix_ms: 1_700_000_000_000,
     }
 }
 
@@ -148,10 +150,11 @@ async fn applying_the_same_entries_to_two_fresh_machines_gives_identical_snapsho
                 0 => Request::RollbackPolicy {
                     id: "p".into(),
                     to_version: 1,
+                    created_at_unix_ms: i,
                 },
                 1 => put("p", &format!("{{\"n\":{i}}}")),
                 2 => Request::PutUpstream {
-                    name: format!("u{}", i % 7),
+                    name: format!("u{}", i % 3),
                     spec: serde_json::json!({"url": i}),
                 },
                 3 => Request::RemoveUpstream {
@@ -161,7 +164,7 @@ async fn applying_the_same_entries_to_two_fresh_machines_gives_identical_snapsho
                     id: format!("g{i}"),
                     label: "l".into(),
                     token_sha256: tollgate_raft::TokenHash([i as u8; 32]),
-                    server: "s".into(),
+                    server: format!("u{}", i % 3),
                     policy_id: "p".into(),
                     created_at_unix_ms: i,
                 },
