@@ -88,7 +88,7 @@ fn assert_denied(out: &Value, name: &str, decision: &str, rule_id: &str) {
     assert_eq!(meta["decision"], decision, "{name}: {result}");
     assert_eq!(meta["rule_id"], rule_id, "{name}: {result}");
     assert!(
-        meta["policy_version"]
+        meta["policy_digest"]
             .as_str()
             .is_some_and(|v| v.starts_with("sha256:")),
         "{name}: {result}"

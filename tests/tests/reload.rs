@@ -47,7 +47,7 @@ async fn a_bad_policy_is_refused_on_reload_and_the_old_one_keeps_serving() {
         "still the seed"
     );
     let version_before =
-        echo().await.json()["result"]["_meta"]["tollgate/decision"]["policy_version"].clone();
+        echo().await.json()["result"]["_meta"]["tollgate/decision"]["policy_digest"].clone();
 
     info!("--- a valid policy takes effect for the next request, with its own version");
     gateway.write_policy(0, r#"{"version":"1","default":"allow"}"#);
@@ -61,7 +61,7 @@ async fn a_bad_policy_is_refused_on_reload_and_the_old_one_keeps_serving() {
     let records = tollgate_tests::audit_records(&audit);
     let last = records.iter().rev().find(|r| r["tool"] == "echo").unwrap();
     assert_ne!(
-        last["policy_version"], version_before,
+        last["policy_digest"], version_before,
         "audit records carry the new policy version"
     );
 }

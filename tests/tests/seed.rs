@@ -94,7 +94,7 @@ async fn seed_scenario(modern: bool) {
         "{text_refused}"
     );
     assert!(
-        meta["policy_version"]
+        meta["policy_digest"]
             .as_str()
             .unwrap()
             .starts_with("sha256:")
@@ -150,7 +150,7 @@ async fn seed_scenario(modern: bool) {
     assert_eq!(decisions("default_deny"), 1);
     assert_eq!(decisions("unknown_tool"), 1);
     assert!(records.iter().all(|r| {
-        r["policy_version"]
+        r["policy_digest"]
             .as_str()
             .is_some_and(|v| v.starts_with("sha256:"))
     }));

@@ -157,7 +157,7 @@ async fn spans_reach_the_collector_and_trace_context_reaches_the_upstream() {
         Some("allow")
     );
     assert_eq!(attribute(span, "tollgate.grant").as_deref(), Some("ci"));
-    assert!(attribute(span, "tollgate.policy.version").is_some_and(|v| v.starts_with("sha256:")));
+    assert!(attribute(span, "tollgate.policy.digest").is_some_and(|v| v.starts_with("sha256:")));
     drop(spans);
 
     server.abort();

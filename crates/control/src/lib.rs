@@ -27,12 +27,14 @@ mod auth;
 pub mod convert;
 mod error;
 mod gateways;
+mod server;
 pub mod watch;
 
 pub use admin::AdminServiceImpl;
 pub use auth::AdminToken;
 pub use error::ControlError;
 pub use gateways::GatewayRegistry;
+pub use server::{ControlNode, ControlOptions, ControlStartError};
 pub use watch::ConfigServiceImpl;
 
 #[doc(no_inline)]

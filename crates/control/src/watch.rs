@@ -13,19 +13,32 @@
 //! one applied state and revisions on a stream strictly increase. Several revisions that land
 //! between two wake-ups go out as one change set (the gateway applies it at once). The stream
 //! ends when the client goes away or the node stops.
+//!
+//! # A node cut off from the cluster ends its streams
+//!
+//! A node that cannot hear a leader still has its applied state, and would go on serving it
+//! without an error while the rest of the cluster moves on (a revoked grant would stay valid on
+//! the gateways it serves). So the stream also ends, with `UNAVAILABLE`, once this node has been
+//! out of touch for [`OUT_OF_TOUCH_GRACE`]: a follower or candidate that knows no leader, or a
+//! leader that has not heard from a quorum. The gateway keeps its configuration and reconnects
+//! to another control node from the revision it holds. A single-voter cluster is never out of
+//! touch.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use openraft::{RaftMetrics, ServerState};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::config_service_server::ConfigService;
 use tollgate_proto::v1::{ConfigChanges, ConfigEvent, WatchRequest, config_event};
-use tollgate_raft::{ConfigState, RaftNode, StateReader};
+use tollgate_raft::{ConfigState, NodeId, PeerNode, RaftNode, StateReader};
 use tonic::{Request, Response, Status};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::convert;
 use crate::gateways::GatewayRegistry;
@@ -33,11 +46,33 @@ use crate::gateways::GatewayRegistry;
 /// Events buffered per stream before the sender waits for the gateway to read.
 const STREAM_BUFFER: usize = 16;
 
+/// How long a node may be out of touch with the cluster before it ends its watch streams: three
+/// election timeouts, so that an ordinary election does not disturb the gateways.
+pub const OUT_OF_TOUCH_GRACE: Duration = Duration::from_millis(1800);
+
+/// How often a stream checks that its node is in touch.
+const TOUCH_CHECK: Duration = Duration::from_millis(200);
+
+/// Whether a node, by its metrics, is in touch with a working cluster.
+pub fn in_touch(metrics: &RaftMetrics<NodeId, PeerNode>) -> bool {
+    let voters = metrics.membership_config.membership().voter_ids().count();
+    if voters <= 1 && metrics.state == ServerState::Leader {
+        return true;
+    }
+    match metrics.state {
+        ServerState::Leader => metrics
+            .millis_since_quorum_ack
+            .is_some_and(|ms| u128::from(ms) < OUT_OF_TOUCH_GRACE.as_millis()),
+        _ => metrics.current_leader.is_some(),
+    }
+}
+
 /// The `tollgate.v1.ConfigService` of one control node.
 #[derive(Clone)]
 pub struct ConfigServiceImpl {
     node_id: u64,
     reader: StateReader,
+    metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
     gateways: GatewayRegistry,
     next_stream: Arc<AtomicU64>,
 }
@@ -48,6 +83,7 @@ impl ConfigServiceImpl {
         Self {
             node_id: node.id(),
             reader: node.reader(),
+            metrics: node.metrics(),
             gateways,
             next_stream: Arc::new(AtomicU64::new(0)),
         }
@@ -108,6 +144,7 @@ impl ConfigService for ConfigServiceImpl {
         let reader = self.reader.clone();
         let gateways = self.gateways.clone();
         let node_id = self.node_id;
+        let metrics = self.metrics.clone();
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         // Subscribe before the first read, so that no revision applied after it is missed.
         let mut revisions = reader.subscribe_revision();
@@ -115,6 +152,9 @@ impl ConfigService for ConfigServiceImpl {
         tokio::spawn(async move {
             let mut sent = from_revision;
             let mut first = true;
+            let mut touch = tokio::time::interval(TOUCH_CHECK);
+            touch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut out_of_touch_since: Option<Instant> = None;
             loop {
                 if !first {
                     tokio::select! {
@@ -122,6 +162,24 @@ impl ConfigService for ConfigServiceImpl {
                             if changed.is_err() {
                                 break; // the node stopped
                             }
+                        }
+                        _ = touch.tick() => {
+                            if in_touch(&metrics.borrow()) {
+                                out_of_touch_since = None;
+                            } else {
+                                let since = *out_of_touch_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() >= OUT_OF_TOUCH_GRACE {
+                                    warn!(gateway = %gateway_id, node = node_id, "out of touch with the cluster; ending the watch stream so the gateway moves to another node");
+                                    let _ = tx
+                                        .send(Err(Status::unavailable(
+                                            "this control node is out of touch with the cluster; \
+                                             reconnect to another node",
+                                        )))
+                                        .await;
+                                    break;
+                                }
+                            }
+                            continue;
                         }
                         () = tx.closed() => break,
                     }

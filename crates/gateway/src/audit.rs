@@ -109,8 +109,11 @@ pub struct AuditRecord {
     pub risk: Option<String>,
     /// The policy that decided.
     pub policy_id: Option<String>,
-    /// That policy's version.
-    pub policy_version: Option<String>,
+    /// That policy's version as the control plane numbered it (absent for a file-configured
+    /// gateway).
+    pub policy_version: Option<u64>,
+    /// `sha256:...` digest of that policy's canonical document.
+    pub policy_digest: Option<String>,
     /// What was decided.
     pub decision: Decision,
     /// JSON pointer of the deciding rule, or `(default deny)`...
@@ -152,6 +155,7 @@ impl AuditRecord {
             risk: None,
             policy_id: None,
             policy_version: None,
+            policy_digest: None,
             decision,
             rule_id: None,
             message: None,

@@ -269,9 +269,12 @@ fn denial_result(
     mut meta: Map<String, Value>,
 ) -> Response {
     meta.insert(
-        "policy_version".into(),
+        "policy_digest".into(),
         Value::from(ctx.grant.policy.digest()),
     );
+    if let Some(version) = ctx.grant.policy_version {
+        meta.insert("policy_version".into(), Value::from(version));
+    }
     if let Some(policy_id) = &ctx.grant.policy_id {
         meta.insert("policy_id".into(), Value::from(policy_id.as_str()));
     }

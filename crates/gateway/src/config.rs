@@ -24,8 +24,10 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use tollgate_policy::Policy;
 
+pub use self::cluster::{Cluster, Member};
 pub use self::tls::{ClientIdentity, UpstreamTls};
 
+pub mod cluster;
 mod tls;
 
 /// Environment variable overriding the data-plane listen address when the file has none.
@@ -100,6 +102,8 @@ struct RawConfig {
     upstreams: Vec<RawUpstream>,
     #[serde(default)]
     grants: Vec<RawGrant>,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,7 +146,7 @@ struct RawAudit {
     path: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     name: String,
@@ -211,6 +215,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Client credentials.
     pub grants: Vec<GrantConfig>,
+    /// This process's place in a cluster (defaults: a single node on loopback).
+    pub cluster: Cluster,
 }
 
 /// Listen addresses and the Host / Origin rules that protect against DNS rebinding.
@@ -269,6 +275,101 @@ pub struct UpstreamConfig {
     pub name: String,
     /// How to reach it.
     pub transport: Transport,
+    /// The upstream as written (environment variables and files not yet read), which is what
+    /// is replicated to the control plane: secrets named by `headers_from_env` and the TLS files
+    /// stay on each gateway.
+    pub source: UpstreamSource,
+}
+
+/// An upstream's keys as the configuration file (or the control plane) states them, before
+/// environment variables and files are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamSource {
+    /// `url` of an HTTP upstream.
+    pub url: Option<String>,
+    /// Static headers.
+    pub headers: BTreeMap<String, String>,
+    /// Header name to the environment variable holding its value.
+    pub headers_from_env: BTreeMap<String, String>,
+    /// `tls_ca_file`, as written.
+    pub tls_ca_file: Option<PathBuf>,
+    /// `tls_client_cert`, as written.
+    pub tls_client_cert: Option<PathBuf>,
+    /// `tls_client_key`, as written.
+    pub tls_client_key: Option<PathBuf>,
+    /// `command` of a stdio upstream.
+    pub command: Option<String>,
+    /// Its arguments.
+    pub args: Option<Vec<String>>,
+    /// Its extra environment.
+    pub env: Option<BTreeMap<String, String>>,
+    /// Its idle timeout in seconds.
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl UpstreamSource {
+    fn raw(&self, name: &str) -> RawUpstream {
+        RawUpstream {
+            name: name.to_owned(),
+            url: self.url.clone(),
+            headers: self.headers.clone(),
+            headers_from_env: self.headers_from_env.clone(),
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: self.env.clone(),
+            idle_timeout_secs: self.idle_timeout_secs,
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_client_cert: self.tls_client_cert.clone(),
+            tls_client_key: self.tls_client_key.clone(),
+        }
+    }
+
+    fn of(raw: &RawUpstream, resolve: impl Fn(&Path) -> PathBuf) -> Self {
+        Self {
+            url: raw.url.clone(),
+            headers: raw.headers.clone(),
+            headers_from_env: raw.headers_from_env.clone(),
+            tls_ca_file: raw.tls_ca_file.as_deref().map(&resolve),
+            tls_client_cert: raw.tls_client_cert.as_deref().map(&resolve),
+            tls_client_key: raw.tls_client_key.as_deref().map(&resolve),
+            command: raw.command.clone(),
+            args: raw.args.clone(),
+            env: raw.env.clone(),
+            idle_timeout_secs: raw.idle_timeout_secs,
+        }
+    }
+}
+
+/// Validates one upstream that came from the control plane rather than the file, with the same
+/// checks (and the gateway's own environment and files) as `[[upstreams]]`; error paths start
+/// with `upstreams.<name>`.
+pub fn upstream_from_source(
+    name: &str,
+    source: &UpstreamSource,
+    env: &dyn Env,
+) -> Result<UpstreamConfig, ConfigErrors> {
+    let mut validator = Validator {
+        base: Path::new("/"),
+        env,
+        errors: Vec::new(),
+    };
+    let mut out = validator.upstreams(vec![source.raw(name)]);
+    if !validator.errors.is_empty() {
+        let prefix = format!("upstreams.{name}");
+        return Err(ConfigErrors(
+            validator
+                .errors
+                .into_iter()
+                .map(|e| ConfigError::new(e.path.replacen("upstreams[0]", &prefix, 1), e.message))
+                .collect(),
+        ));
+    }
+    out.pop().ok_or_else(|| {
+        ConfigErrors(vec![ConfigError::new(
+            format!("upstreams.{name}"),
+            "the upstream has no transport",
+        )])
+    })
 }
 
 /// How an upstream is reached.
@@ -308,8 +409,21 @@ pub struct GrantConfig {
     pub token_hash: [u8; 32],
     /// The one upstream this grant may reach.
     pub server: String,
-    /// The policy file's path (its id) and the compiled policy; `None` denies every call.
-    pub policy: Option<(String, Arc<Policy>)>,
+    /// The grant's policy; `None` denies every call.
+    pub policy: Option<GrantPolicy>,
+}
+
+/// A grant's policy as the file names it.
+#[derive(Clone)]
+pub struct GrantPolicy {
+    /// The policy id: a policy file's name without `.json` (characters outside `[A-Za-z0-9._-]`
+    /// become `-`, at most 64), or `grant-<grant id>` for `policy_inline`. This is the id it
+    /// gets in the cluster.
+    pub id: String,
+    /// The document as written (what is pushed to the cluster).
+    pub document: String,
+    /// The compiled policy.
+    pub policy: Arc<Policy>,
 }
 
 impl fmt::Debug for GrantConfig {
@@ -320,7 +434,7 @@ impl fmt::Debug for GrantConfig {
             .field("server", &self.server)
             .field(
                 "policy",
-                &self.policy.as_ref().map(|(id, p)| (id, p.digest())),
+                &self.policy.as_ref().map(|p| (&p.id, p.policy.digest())),
             )
             .finish()
     }
@@ -424,8 +538,9 @@ impl Validator<'_> {
             .map(|p| self.resolve(&p));
         let upstreams = self.upstreams(raw.upstreams);
         let grants = self.grants(raw.grants, &upstreams);
-        match listen {
-            Some(listen) if self.errors.is_empty() => Ok(Config {
+        let cluster = self.cluster(raw.cluster);
+        match (listen, cluster) {
+            (Some(listen), Some(cluster)) if self.errors.is_empty() => Ok(Config {
                 node_id,
                 listen,
                 limits,
@@ -433,6 +548,7 @@ impl Validator<'_> {
                 audit_path,
                 upstreams,
                 grants,
+                cluster,
             }),
             _ => Err(ConfigErrors(self.errors)),
         }
@@ -622,6 +738,7 @@ impl Validator<'_> {
         let mut names = HashSet::new();
         for (i, up) in raw.into_iter().enumerate() {
             let path = format!("upstreams[{i}]");
+            let source = UpstreamSource::of(&up, |p| self.resolve(p));
             if up.name.is_empty()
                 || up.name.len() > 64
                 || !up
@@ -708,6 +825,7 @@ impl Validator<'_> {
                 out.push(UpstreamConfig {
                     name: up.name,
                     transport,
+                    source,
                 });
             }
         }
@@ -854,6 +972,8 @@ impl Validator<'_> {
     fn grants(&mut self, raw: Vec<RawGrant>, upstreams: &[UpstreamConfig]) -> Vec<GrantConfig> {
         let mut out = Vec::new();
         let mut hashes = HashSet::new();
+        let mut policy_files: std::collections::HashMap<String, PathBuf> =
+            std::collections::HashMap::new();
         for (i, grant) in raw.into_iter().enumerate() {
             let path = format!("grants[{i}]");
             if grant.label.trim().is_empty() {
@@ -909,8 +1029,25 @@ impl Validator<'_> {
             let policy = match (grant.policy, grant.policy_inline) {
                 (Some(file), None) => {
                     let resolved = self.resolve(&file);
-                    match load_policy(&resolved) {
-                        Ok(policy) => Some((file.display().to_string(), Arc::new(policy))),
+                    let id = policy_id_of_file(&resolved);
+                    match policy_files.get(&id) {
+                        Some(other) if *other != resolved => self.error(
+                            format!("{path}.policy"),
+                            format!(
+                                "policy id `{id}` (from the file name) is already used by {}",
+                                other.display()
+                            ),
+                        ),
+                        _ => {
+                            policy_files.insert(id.clone(), resolved.clone());
+                        }
+                    }
+                    match read_policy(&resolved) {
+                        Ok((document, policy)) => Some(GrantPolicy {
+                            id,
+                            document,
+                            policy: Arc::new(policy),
+                        }),
                         Err(message) => {
                             self.error(format!("{path}.policy"), message);
                             None
@@ -918,7 +1055,11 @@ impl Validator<'_> {
                     }
                 }
                 (None, Some(text)) => match Policy::from_json(text.as_bytes()) {
-                    Ok(policy) => Some((format!("inline:{path}"), Arc::new(policy))),
+                    Ok(policy) => Some(GrantPolicy {
+                        id: format!("grant-{}", hash.map(|h| grant_id(&h)).unwrap_or_default()),
+                        document: text,
+                        policy: Arc::new(policy),
+                    }),
                     Err(errors) => {
                         self.error(
                             format!("{path}.policy_inline"),
@@ -948,6 +1089,46 @@ impl Validator<'_> {
         }
         out
     }
+}
+
+/// The cluster policy id of a policy file: its name without `.json`, with characters outside
+/// `[A-Za-z0-9._-]` replaced by `-`, at most 64 characters.
+pub fn policy_id_of_file(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".json").unwrap_or(&name);
+    let id: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        "policy".to_owned()
+    } else {
+        id
+    }
+}
+
+/// Reads one policy file as text and compiles it.
+fn read_policy(path: &Path) -> Result<(String, Policy), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+    let policy = Policy::from_json(text.as_bytes()).map_err(|errors| {
+        format!(
+            "invalid policy {}:\n{}",
+            path.display(),
+            indent(&errors.to_string())
+        )
+    })?;
+    Ok((text, policy))
 }
 
 /// Reads and compiles one policy file; the error lists every problem with its JSON pointer.

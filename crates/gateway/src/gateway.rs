@@ -26,8 +26,9 @@ use tollgate_telemetry::Metrics;
 
 use crate::audit::AuditLog;
 use crate::catalog::Catalog;
-use crate::config::{Config, GrantConfig};
+use crate::config::{Config, GrantConfig, UpstreamConfig};
 use crate::eras::EraProbe;
+use crate::follow::{Follower, WatchConnector};
 use crate::upstream::{Upstream, http as upstream_http};
 
 /// A client credential, resolved.
@@ -35,25 +36,52 @@ pub(crate) struct Grant {
     pub id: String,
     pub label: String,
     pub server: String,
-    /// The policy file's path, or `None` for a grant without a policy (which denies everything).
+    /// The policy's id, or `None` for a grant without a policy (which denies everything).
     pub policy_id: Option<String>,
+    /// The policy's cluster-assigned version; `None` when the configuration did not come from a
+    /// control plane (an in-process gateway started from a file).
+    pub policy_version: Option<u64>,
     pub policy: Arc<Policy>,
 }
 
 /// One upstream server and what the gateway knows about it.
 pub(crate) struct Server {
     pub name: String,
+    /// The configuration it was built from; an unchanged upstream keeps its `Server` (children,
+    /// catalog, era cache) across configuration changes.
+    pub config: UpstreamConfig,
     pub upstream: Upstream,
     pub catalog: Catalog,
     pub eras: EraProbe,
 }
 
+/// Everything a configuration change replaces, swapped as one value: a request sees one
+/// revision's grants and servers, never a mix.
+pub(crate) struct Runtime {
+    /// The control plane's configuration revision (0 for a file-configured gateway).
+    pub revision: u64,
+    /// Grants by token hash.
+    pub grants: HashMap<[u8; 32], Arc<Grant>>,
+    /// Upstream servers by name.
+    pub servers: HashMap<String, Arc<Server>>,
+}
+
+/// Where a gateway's grants, policies and upstreams come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The configuration file (reloaded with SIGHUP).
+    File,
+    /// A control plane's `ConfigService.Watch` stream.
+    Cluster,
+}
+
 /// State shared by every request.
 pub(crate) struct Shared {
     pub config: Config,
-    /// Grants by token hash; swapped whole on a configuration reload.
-    pub grants: ArcSwap<HashMap<[u8; 32], Arc<Grant>>>,
-    pub servers: HashMap<String, Arc<Server>>,
+    pub source: Source,
+    /// The current grants and servers.
+    pub runtime: ArcSwap<Runtime>,
+    pub http_client: upstream_http::HttpClient,
     pub sealer: SessionSealer,
     pub quota: Arc<dyn Quota>,
     pub audit: Option<AuditLog>,
@@ -78,11 +106,33 @@ pub struct RunningGateway {
     /// Where the admin plane listens (`/metrics`, `/healthz`, `/readyz`).
     pub admin_addr: SocketAddr,
     shared: Arc<Shared>,
+    follower: Option<Arc<Follower>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
 impl RunningGateway {
+    /// The follower of a gateway started with [`start_following`] (`None` for a file-configured
+    /// one): feed it events directly, or let [`RunningGateway::follow`] keep a stream open.
+    pub fn follower(&self) -> Option<Arc<Follower>> {
+        self.follower.clone()
+    }
+
+    /// Keeps a configuration stream open through `connector` until the gateway shuts down (see
+    /// [`Follower::run`]). Does nothing for a file-configured gateway.
+    pub fn follow(&mut self, connector: Arc<dyn WatchConnector>, gateway_id: String) {
+        if let Some(follower) = self.follower.clone() {
+            let stopped = self.stop.subscribe();
+            self.tasks
+                .spawn(follower.run(connector, gateway_id, stopped));
+        }
+    }
+
+    /// The configuration revision this gateway enforces (0 for a file-configured gateway).
+    pub fn revision(&self) -> u64 {
+        self.shared.runtime.load().revision
+    }
+
     /// Stops accepting, lets in-flight requests finish (up to a grace period), stops stdio
     /// children and flushes the audit log.
     pub async fn shutdown(mut self) {
@@ -96,7 +146,7 @@ impl RunningGateway {
             tracing::warn!("in-flight requests did not finish within {grace:?}; aborting them");
             self.tasks.abort_all();
         }
-        for server in self.shared.servers.values() {
+        for server in self.shared.runtime.load().servers.values() {
             server.upstream.shutdown().await;
         }
         if let Some(audit) = &self.shared.audit
@@ -111,6 +161,17 @@ impl RunningGateway {
     /// addresses, upstreams, session keys, limits, audit path) needs a restart; sections that
     /// differ are named in the returned report and keep their running values.
     pub fn reload(&self, config: &Config) -> ReloadReport {
+        if self.shared.source == Source::Cluster {
+            return ReloadReport {
+                applied: false,
+                grants: 0,
+                needs_restart: Vec::new(),
+                refused: vec![
+                    "this gateway follows a control plane: change grants and policies there"
+                        .to_owned(),
+                ],
+            };
+        }
         let running = &self.shared.config;
         let mut needs_restart = Vec::new();
         if config.upstreams != running.upstreams {
@@ -134,11 +195,15 @@ impl RunningGateway {
         if config.node_id != running.node_id {
             needs_restart.push("node_id");
         }
+        if config.cluster != running.cluster {
+            needs_restart.push("cluster");
+        }
         // A grant may only name a running upstream.
+        let current = self.shared.runtime.load();
         let unknown: Vec<String> = config
             .grants
             .iter()
-            .filter(|g| !self.shared.servers.contains_key(&g.server))
+            .filter(|g| !current.servers.contains_key(&g.server))
             .map(|g| {
                 format!(
                     "grant `{}` names upstream `{}`, which is not running",
@@ -154,9 +219,11 @@ impl RunningGateway {
                 refused: unknown,
             };
         }
-        self.shared
-            .grants
-            .store(Arc::new(resolve_grants(&config.grants)));
+        self.shared.runtime.store(Arc::new(Runtime {
+            revision: current.revision,
+            grants: resolve_grants(&config.grants),
+            servers: current.servers.clone(),
+        }));
         ReloadReport {
             applied: true,
             grants: config.grants.len(),
@@ -281,6 +348,27 @@ pub async fn start_with(
     metrics: Arc<Metrics>,
     quota: Arc<dyn Quota>,
 ) -> Result<RunningGateway, StartError> {
+    start_inner(config, metrics, quota, Source::File).await
+}
+
+/// Starts a gateway whose grants, policies and upstreams come from a control plane: it binds its
+/// listeners with no grant and no upstream, and answers `/readyz` with 503 until the first
+/// configuration arrives through [`RunningGateway::follower`]. The file's `[[upstreams]]` and
+/// `[[grants]]` are ignored here (the binary pushes them to the cluster instead).
+pub async fn start_following(
+    config: Config,
+    metrics: Arc<Metrics>,
+    quota: Arc<dyn Quota>,
+) -> Result<RunningGateway, StartError> {
+    start_inner(config, metrics, quota, Source::Cluster).await
+}
+
+async fn start_inner(
+    config: Config,
+    metrics: Arc<Metrics>,
+    quota: Arc<dyn Quota>,
+    source: Source,
+) -> Result<RunningGateway, StartError> {
     let audit = match &config.audit_path {
         Some(path) => Some(
             AuditLog::open(path)
@@ -300,26 +388,25 @@ pub async fn start_with(
         );
     }
     let client = upstream_http::client();
-    let servers = config
-        .upstreams
-        .iter()
-        .map(|up| {
-            let server = Server {
-                name: up.name.clone(),
-                upstream: Upstream::new(
-                    up,
-                    client.clone(),
-                    &config.limits,
-                    &config.node_id,
-                    metrics.clone(),
-                ),
-                catalog: Catalog::default(),
-                eras: EraProbe::default(),
-            };
-            (up.name.clone(), Arc::new(server))
-        })
-        .collect();
-    let grants = ArcSwap::from_pointee(resolve_grants(&config.grants));
+    let runtime = match source {
+        Source::File => Runtime {
+            revision: 0,
+            servers: config
+                .upstreams
+                .iter()
+                .map(|up| {
+                    let server = new_server(up, &client, &config, &metrics);
+                    (up.name.clone(), server)
+                })
+                .collect(),
+            grants: resolve_grants(&config.grants),
+        },
+        Source::Cluster => Runtime {
+            revision: 0,
+            servers: HashMap::new(),
+            grants: HashMap::new(),
+        },
+    };
     let json_limits = JsonLimits {
         max_bytes: config.limits.max_body_bytes,
         max_depth: config.limits.max_json_depth,
@@ -332,8 +419,9 @@ pub async fn start_with(
 
     let shared = Arc::new(Shared {
         config,
-        grants,
-        servers,
+        source,
+        runtime: ArcSwap::from_pointee(runtime),
+        http_client: client,
         sealer,
         quota,
         audit,
@@ -350,14 +438,40 @@ pub async fn start_with(
     tasks.spawn(serve(data, data_router, stopped.clone()));
     // Admin endpoints run as their own task set so that data-plane load cannot starve probes.
     tasks.spawn(serve(admin, admin_router, stopped));
-    shared.ready.store(true, Ordering::Release);
+    if source == Source::File {
+        shared.ready.store(true, Ordering::Release);
+    }
     tracing::info!(%data_addr, %admin_addr, "tollgate gateway listening");
+    let follower = (source == Source::Cluster).then(|| Arc::new(Follower::new(shared.clone())));
     Ok(RunningGateway {
         data_addr,
         admin_addr,
         shared,
+        follower,
         stop,
         tasks,
+    })
+}
+
+/// A new server (no child started, empty catalog) for an upstream.
+pub(crate) fn new_server(
+    up: &UpstreamConfig,
+    client: &upstream_http::HttpClient,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Arc<Server> {
+    Arc::new(Server {
+        name: up.name.clone(),
+        config: up.clone(),
+        upstream: Upstream::new(
+            up,
+            client.clone(),
+            &config.limits,
+            &config.node_id,
+            metrics.clone(),
+        ),
+        catalog: Catalog::default(),
+        eras: EraProbe::default(),
     })
 }
 
@@ -367,7 +481,7 @@ fn resolve_grants(grants: &[GrantConfig]) -> HashMap<[u8; 32], Arc<Grant>> {
         .iter()
         .map(|g| {
             let (policy_id, policy) = match &g.policy {
-                Some((id, policy)) => (Some(id.clone()), policy.clone()),
+                Some(p) => (Some(p.id.clone()), p.policy.clone()),
                 None => (None, deny_all.clone()),
             };
             let grant = Grant {
@@ -375,6 +489,7 @@ fn resolve_grants(grants: &[GrantConfig]) -> HashMap<[u8; 32], Arc<Grant>> {
                 label: g.label.clone(),
                 server: g.server.clone(),
                 policy_id,
+                policy_version: None,
                 policy,
             };
             (g.token_hash, Arc::new(grant))

@@ -77,7 +77,8 @@ impl RequestCtx {
         record.session = self.session_tag.clone();
         record.tool = tool.map(str::to_owned);
         record.policy_id = self.grant.policy_id.clone();
-        record.policy_version = Some(self.grant.policy.digest().to_owned());
+        record.policy_version = self.grant.policy_version;
+        record.policy_digest = Some(self.grant.policy.digest().to_owned());
         record
     }
 
@@ -155,7 +156,7 @@ async fn resource_metadata(
     State(shared): State<Arc<Shared>>,
     Path(server): Path<String>,
 ) -> Response {
-    if !shared.servers.contains_key(&server) {
+    if !shared.runtime.load().servers.contains_key(&server) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let base = &shared.config.listen.public_url;
@@ -194,9 +195,9 @@ fn admit(
         })
         .filter(|t| !t.is_empty())
         .ok_or_else(unauthorized)?;
-    let grant = shared
+    let runtime = shared.runtime.load();
+    let grant = runtime
         .grants
-        .load()
         .get(&crate::config::token_hash(token))
         .cloned()
         .ok_or_else(unauthorized)?;
@@ -205,7 +206,10 @@ fn admit(
             server: server.to_owned(),
         });
     }
-    let server = shared.servers.get(server).ok_or(ProxyError::NoSuchServer)?;
+    let server = runtime
+        .servers
+        .get(server)
+        .ok_or(ProxyError::NoSuchServer)?;
     Ok((grant, server.clone()))
 }
 
@@ -346,7 +350,9 @@ fn request_span(server: &str, headers: &HeaderMap) -> Span {
         { semconv::TOLLGATE_GRANT } = field::Empty,
         { semconv::TOLLGATE_DECISION } = field::Empty,
         { semconv::TOLLGATE_RULE } = field::Empty,
+        { semconv::TOLLGATE_POLICY_ID } = field::Empty,
         { semconv::TOLLGATE_POLICY_VERSION } = field::Empty,
+        { semconv::TOLLGATE_POLICY_DIGEST } = field::Empty,
         { semconv::TOLLGATE_UPSTREAM_STATUS } = field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -513,7 +519,13 @@ async fn handle_post(
     if let Some(id) = &id {
         span.record(semconv::MCP_REQUEST_ID, field::display(id_text(id)));
     }
-    span.record(semconv::TOLLGATE_POLICY_VERSION, grant.policy.digest());
+    span.record(semconv::TOLLGATE_POLICY_DIGEST, grant.policy.digest());
+    if let Some(id) = &grant.policy_id {
+        span.record(semconv::TOLLGATE_POLICY_ID, id.as_str());
+    }
+    if let Some(version) = grant.policy_version {
+        span.record(semconv::TOLLGATE_POLICY_VERSION, version);
+    }
     dispatch(shared, headers, frame, grant, server, era, span.clone())
         .instrument(span)
         .await

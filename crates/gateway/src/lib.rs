@@ -11,9 +11,10 @@ pub mod catalog;
 pub mod config;
 pub mod eras;
 pub mod error;
+pub mod follow;
 mod gateway;
 mod handler;
 mod list;
 pub mod upstream;
 
-pub use gateway::{ReloadReport, RunningGateway, StartError, start, start_with};
+pub use gateway::{ReloadReport, RunningGateway, StartError, start, start_following, start_with};

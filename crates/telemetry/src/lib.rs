@@ -1,7 +1,7 @@
 //! Tracing, OpenTelemetry and Prometheus for every Tollgate process.
 //!
 //! - [`init`] installs the `tracing` subscriber: human or JSON logs (filtered by `RUST_LOG`, default
-//!   `info`), and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, an OTLP/gRPC span exporter with the W3C
+//!   `info,openraft=warn`), and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, an OTLP/gRPC span exporter with the W3C
 //!   trace-context propagator so that spans continue into HTTP upstreams.
 //! - [`semconv`] holds every span attribute key, [`metrics`] every metric name and the registry.
 
@@ -78,7 +78,8 @@ impl Drop for TelemetryGuard {
 /// runs on it).
 pub fn init(options: &TelemetryOptions) -> anyhow::Result<TelemetryGuard> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
 
     let endpoint = options
         .otlp_endpoint

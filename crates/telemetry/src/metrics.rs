@@ -8,6 +8,10 @@
 //! | `tollgate_audit_dropped_total` | | audit records lost because the writer fell behind |
 //! | `tollgate_stdio_children` | `server` | live stdio upstream processes |
 //! | `tollgate_stdio_restarts_total` | `server` | stdio upstream processes restarted after a crash |
+//! | `tollgate_config_revision` | | the control-plane configuration revision this gateway enforces |
+//! | `tollgate_config_stream_connected` | | 1 while a `ConfigService.Watch` stream is open |
+//! | `tollgate_config_events_total` | `kind` | configuration events applied (`snapshot`, `changes`) |
+//! | `tollgate_config_errors_total` | `kind` | configuration problems (`connect`, `stream`, `upstream`, `policy`, `grant`) |
 
 use std::sync::atomic::AtomicI64;
 
@@ -67,6 +71,21 @@ pub struct Metrics {
     pub stdio_children: Family<ServerLabels, Gauge<i64, AtomicI64>>,
     /// `tollgate_stdio_restarts_total`.
     pub stdio_restarts: Family<ServerLabels, Counter>,
+    /// `tollgate_config_revision`.
+    pub config_revision: Gauge<i64, AtomicI64>,
+    /// `tollgate_config_stream_connected`.
+    pub config_stream_connected: Gauge<i64, AtomicI64>,
+    /// `tollgate_config_events_total`.
+    pub config_events: Family<KindLabels, Counter>,
+    /// `tollgate_config_errors_total`.
+    pub config_errors: Family<KindLabels, Counter>,
+}
+
+/// Labels carrying only a kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// What happened.
+    pub kind: String,
 }
 
 impl Default for Metrics {
@@ -118,6 +137,30 @@ impl Metrics {
             "Stdio upstream processes restarted after a crash",
             stdio_restarts.clone(),
         );
+        let config_revision = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_revision",
+            "The control-plane configuration revision this gateway enforces",
+            config_revision.clone(),
+        );
+        let config_stream_connected = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "config_stream_connected",
+            "1 while a configuration watch stream to a control node is open",
+            config_stream_connected.clone(),
+        );
+        let config_events = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "config_events",
+            "Configuration events applied, by kind",
+            config_events.clone(),
+        );
+        let config_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "config_errors",
+            "Configuration problems, by kind",
+            config_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -126,6 +169,10 @@ impl Metrics {
             audit_dropped,
             stdio_children,
             stdio_restarts,
+            config_revision,
+            config_stream_connected,
+            config_events,
+            config_errors,
         }
     }
 
@@ -154,6 +201,15 @@ impl Metrics {
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 server: server.to_owned(),
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one configuration event or problem of `kind`.
+    pub fn count_config(&self, family: &Family<KindLabels, Counter>, kind: &str) {
+        family
+            .get_or_create(&KindLabels {
                 kind: kind.to_owned(),
             })
             .inc();

@@ -23,7 +23,11 @@ pub const TOLLGATE_GRANT: &str = "tollgate.grant";
 pub const TOLLGATE_DECISION: &str = "tollgate.decision";
 /// Rule id that decided (a JSON pointer into the policy, or `(default deny)`...).
 pub const TOLLGATE_RULE: &str = "tollgate.rule";
-/// Digest of the policy that decided.
+/// Id of the policy that decided.
+pub const TOLLGATE_POLICY_ID: &str = "tollgate.policy.id";
+/// Cluster-assigned version number of the policy that decided.
 pub const TOLLGATE_POLICY_VERSION: &str = "tollgate.policy.version";
+/// Digest (`sha256:...`) of the policy that decided.
+pub const TOLLGATE_POLICY_DIGEST: &str = "tollgate.policy.digest";
 /// HTTP status the upstream answered with.
 pub const TOLLGATE_UPSTREAM_STATUS: &str = "tollgate.upstream.status";

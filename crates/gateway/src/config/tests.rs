@@ -474,3 +474,148 @@ fn equal_tls_files_make_equal_settings_and_a_changed_file_does_not() {
     let changed = files.parse(keys).unwrap();
     assert_ne!(first.upstreams, changed.upstreams);
 }
+
+#[test]
+fn the_cluster_section_defaults_to_a_single_node_on_loopback() {
+    let config = parse(MINIMAL).unwrap();
+    let cluster = &config.cluster;
+    assert_eq!(cluster.id, 1);
+    assert_eq!(cluster.api_listen.to_string(), "127.0.0.1:7070");
+    assert_eq!(cluster.raft_listen.to_string(), "127.0.0.1:7071");
+    assert!(cluster.members.is_empty() && !cluster.join_later);
+    assert!(cluster.control.is_empty());
+    assert_eq!(cluster.admin_token, None);
+}
+
+#[test]
+fn the_cluster_section_reads_members_and_the_environment_below_the_file() {
+    let text = r#"
+[cluster]
+id = 2
+api_listen = "127.0.0.1:0"
+[[cluster.members]]
+id = 1
+raft = "tg-0:7071"
+api = "tg-0:7070"
+[[cluster.members]]
+id = 2
+raft = "tg-1:7071"
+api = "tg-1:7070"
+[[cluster.members]]
+id = 3
+raft = "tg-2:7071"
+api = "tg-2:7070"
+"#;
+    let vars = env(&[
+        ("TOLLGATE_ADMIN_TOKEN", "an-admin-token-long-enough"),
+        ("TOLLGATE_API_ADDR", "127.0.0.1:9999"),
+        ("TOLLGATE_RAFT_ADDR", "127.0.0.1:7171"),
+        ("TOLLGATE_CONTROL", "a:1, b:2"),
+        ("TOLLGATE_DATA_DIR", "/var/lib/tg"),
+    ]);
+    let config = Config::from_toml(text, Path::new("."), &vars).unwrap();
+    let cluster = &config.cluster;
+    assert_eq!(cluster.id, 2);
+    assert_eq!(cluster.members.len(), 3);
+    assert_eq!(cluster.members[1].api, "tg-1:7070");
+    assert_eq!(
+        cluster.api_listen.to_string(),
+        "127.0.0.1:0",
+        "the file wins"
+    );
+    assert_eq!(
+        cluster.raft_listen.to_string(),
+        "127.0.0.1:7171",
+        "then the environment"
+    );
+    assert_eq!(cluster.control, vec!["a:1", "b:2"]);
+    assert_eq!(cluster.data_dir.as_deref(), Some(Path::new("/var/lib/tg")));
+    assert_eq!(
+        cluster.admin_token.as_deref(),
+        Some("an-admin-token-long-enough")
+    );
+    assert!(
+        !format!("{config:?}").contains("an-admin-token"),
+        "the token never prints"
+    );
+}
+
+#[test]
+fn a_bad_cluster_section_names_every_bad_key() {
+    let text = r#"
+[cluster]
+id = 4
+control = ["nope"]
+raft_advertise = "no-port"
+[[cluster.members]]
+id = 1
+raft = "a:1"
+api = "a:2"
+[[cluster.members]]
+id = 1
+raft = "b"
+api = "b:2"
+"#;
+    let vars = env(&[("TOLLGATE_ADMIN_TOKEN", "short")]);
+    let errors = Config::from_toml(text, Path::new("."), &vars).unwrap_err();
+    let mut found = paths(&errors);
+    found.sort_unstable();
+    assert_eq!(
+        found,
+        vec![
+            "cluster.admin_token_env",
+            "cluster.control[0]",
+            "cluster.members",
+            "cluster.members",
+            "cluster.members[1].id",
+            "cluster.members[1].raft",
+            "cluster.raft_advertise",
+        ],
+        "{errors}"
+    );
+}
+
+#[test]
+fn grant_policies_get_cluster_ids_from_their_file_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("a")).unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    for path in ["a/team policy.json", "b/team policy.json"] {
+        std::fs::write(dir.path().join(path), r#"{"version":"1","default":"deny"}"#).unwrap();
+    }
+    let grant = |label: &str, hash: char, policy: &str| {
+        format!(
+            "[[grants]]\nlabel = \"{label}\"\ntoken_sha256 = \"{}\"\nserver = \"up\"\npolicy = \"{policy}\"\n",
+            hash.to_string().repeat(64)
+        )
+    };
+    let ok = format!(
+        "{MINIMAL}{}{}{}",
+        grant("one", 'a', "a/team policy.json"),
+        grant("two", 'b', "a/team policy.json"),
+        "[[grants]]\nlabel = \"three\"\ntoken_sha256 = \"".to_owned()
+            + &"c".repeat(64)
+            + "\"\nserver = \"up\"\npolicy_inline = '{\"version\":\"1\",\"default\":\"allow\"}'\n"
+    );
+    let config = Config::from_toml(&ok, dir.path(), &env(&[])).unwrap();
+    let ids: Vec<&str> = config
+        .grants
+        .iter()
+        .map(|g| g.policy.as_ref().unwrap().id.as_str())
+        .collect();
+    let inline_id = format!("grant-{}", grant_id(&[0xcc; 32]));
+    assert_eq!(ids, vec!["team-policy", "team-policy", inline_id.as_str()]);
+    assert_eq!(
+        config.grants[2].policy.as_ref().unwrap().document,
+        r#"{"version":"1","default":"allow"}"#,
+        "the document is kept as written, to push to the cluster"
+    );
+
+    let clash = format!(
+        "{MINIMAL}{}{}",
+        grant("one", 'a', "a/team policy.json"),
+        grant("two", 'b', "b/team policy.json")
+    );
+    let errors = Config::from_toml(&clash, dir.path(), &env(&[])).unwrap_err();
+    assert_eq!(paths(&errors), vec!["grants[1].policy"], "{errors}");
+}
