@@ -277,7 +277,10 @@ fn config_text(
 ) -> anyhow::Result<String> {
     let mut text = format!(
         "# Written by proxy-latency.\nnode_id = \"bench\"\n\n[listen]\ndata = \"{data}\"\n\
-         admin = \"{admin}\"\n\n"
+         admin = \"{admin}\"\n\n\
+         # Role `all` runs a one-node control plane too: its ports are picked by the kernel.\n\
+         [cluster]\napi_listen = \"127.0.0.1:0\"\nraft_listen = \"127.0.0.1:0\"\n\
+         data_dir = \"tollgate-data\"\n\n"
     );
     if audit {
         text.push_str("[audit]\npath = \"audit.jsonl\"\n\n");

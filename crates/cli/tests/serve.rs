@@ -64,6 +64,7 @@ async fn sighup_reloads_policies_and_sigterm_stops_cleanly() {
         &config,
         format!(
             "[listen]\ndata = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             [cluster]\napi_listen = \"127.0.0.1:0\"\nraft_listen = \"127.0.0.1:0\"\n\
              [[upstreams]]\nname = \"up\"\nurl = \"{}\"\n\
              [[grants]]\nlabel = \"g\"\ntoken_sha256 = \"{}\"\nserver = \"up\"\npolicy = \"policy.json\"\n",
             upstream.url,

@@ -1,10 +1,22 @@
-//! `tollgate serve [--config FILE]`
+//! `tollgate serve [--config FILE] [--role all|gateway|control] [--control ADDR,...]`
 //!
-//! Without `--config` the embedded single-node default runs: the data plane on 127.0.0.1:8080,
-//! the admin plane on 127.0.0.1:9090, one stdio upstream named `time` (the command in
-//! `TOLLGATE_DEFAULT_UPSTREAM`, default `mcp-server-time`), and one grant whose token is
-//! `TOLLGATE_TOKEN` (or a fresh random token printed at start) under an allow-by-default policy
-//! with a per-minute limit.
+//! ```text
+//!   --role all (default)   control node (Raft + API) ──in-process watch──▶ gateway
+//!   --role control         control node only
+//!   --role gateway         gateway ──ConfigService.Watch over gRPC──▶ any of --control
+//! ```
+//!
+//! With roles `all` and `control` the file's `[[upstreams]]`, grants and their policies are
+//! pushed into the cluster by its leader at start and on SIGHUP ([`seed`]): the file adds and
+//! updates what it declares and never deletes. Role `gateway` takes everything from the control
+//! plane and refuses a file that declares grants or upstreams.
+//!
+//! Without `--config` the embedded single-node default runs (role `all`): the data plane on
+//! 127.0.0.1:8080, the admin plane on 127.0.0.1:9090, the control API on 127.0.0.1:7070, one
+//! stdio upstream named `time` (the command in `TOLLGATE_DEFAULT_UPSTREAM`, default
+//! `mcp-server-time`), and one grant whose token is `TOLLGATE_TOKEN` (or a fresh random token
+//! printed at start) under an allow-by-default policy with a per-minute limit. Its Raft state
+//! lives in `TOLLGATE_DATA_DIR`, or in a temporary directory removed at exit.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,14 +27,36 @@ use tollgate_telemetry::{LogFormat, TelemetryOptions};
 
 use crate::EXIT_CONFIG;
 
+mod local;
+mod node;
+mod seed;
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML). Without it, the embedded single-node default runs.
     #[arg(long, short, env = "TOLLGATE_CONFIG")]
     config: Option<PathBuf>,
+    /// What this process runs.
+    #[arg(long, value_enum, default_value_t = Role::All, env = "TOLLGATE_ROLE")]
+    role: Role,
+    /// Control nodes to follow (role `gateway`), comma-separated `host:port`; overrides
+    /// `cluster.control` and `TOLLGATE_CONTROL`.
+    #[arg(long, value_delimiter = ',')]
+    control: Vec<String>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = Format::Text, env = "TOLLGATE_LOG_FORMAT")]
     log_format: Format,
+}
+
+/// What a `tollgate serve` process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// A control node and a gateway following it, in one process.
+    All,
+    /// A gateway following remote control nodes.
+    Gateway,
+    /// A control node alone.
+    Control,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -85,7 +119,7 @@ fn toml_string(s: &str) -> String {
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
-    let (config, generated) = match &args.config {
+    let (mut config, generated) = match &args.config {
         Some(path) => match Config::load(path, &ProcessEnv) {
             Ok(config) => (config, None),
             Err(errors) => {
@@ -104,6 +138,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    if !args.control.is_empty() {
+        config.cluster.control = args.control.clone();
+    }
+    if let Err(problems) = check_role(args.role, &config) {
+        eprintln!("tollgate: invalid configuration for role {:?}:", args.role);
+        for problem in problems {
+            eprintln!("  {problem}");
+        }
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("tollgate")
@@ -130,28 +174,69 @@ pub fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let running = match tollgate_gateway::start(config).await {
-            Ok(running) => running,
-            Err(error) => {
-                tracing::error!(%error, "cannot start");
-                return ExitCode::FAILURE;
-            }
-        };
-        if args.config.is_none() {
-            let url = format!("http://{}/mcp/time", running.data_addr);
-            match &generated {
-                Some(token) => eprintln!(
-                    "tollgate: embedded default serving {url}\n          bearer token: {token}\n          (set TOLLGATE_TOKEN to choose it)"
-                ),
-                None => eprintln!("tollgate: embedded default serving {url} (token from TOLLGATE_TOKEN)"),
-            }
-        }
-        match running.run_until_signalled(args.config.clone()).await {
+        let embedded = args.config.is_none();
+        let result = node::serve(node::Plan {
+            role: args.role,
+            config,
+            config_path: args.config.clone(),
+            embedded,
+            generated_token: generated,
+        })
+        .await;
+        match result {
             Ok(()) => ExitCode::SUCCESS,
+            Err(node::ServeError::Config(problem)) => {
+                eprintln!("tollgate: {problem}");
+                ExitCode::from(EXIT_CONFIG)
+            }
             Err(error) => {
                 tracing::error!(%error, "stopped with an error");
+                eprintln!("tollgate: {error}");
                 ExitCode::FAILURE
             }
         }
     })
+}
+
+/// What a role needs from the file, with the path of each missing or misplaced key.
+fn check_role(role: Role, config: &Config) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    match role {
+        Role::Gateway => {
+            if config.cluster.control.is_empty() {
+                problems.push(
+                    "cluster.control: role gateway needs the control nodes to follow \
+                     (--control, cluster.control or TOLLGATE_CONTROL)"
+                        .to_owned(),
+                );
+            }
+            if !config.upstreams.is_empty() {
+                problems.push(
+                    "upstreams: a gateway takes its upstreams from the control plane; \
+                     declare them on a control node or with `tollgate upstream put`"
+                        .to_owned(),
+                );
+            }
+            if !config.grants.is_empty() {
+                problems.push(
+                    "grants: a gateway takes its grants from the control plane; \
+                     declare them on a control node or with `tollgate grant create`"
+                        .to_owned(),
+                );
+            }
+        }
+        Role::Control | Role::All => {
+            if config.cluster.members.len() > 1 && config.cluster.admin_token.is_none() {
+                problems.push(format!(
+                    "cluster.admin_token_env: a multi-node cluster needs an admin token in `{}`",
+                    config.cluster.admin_token_env
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
 }
