@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Membership, ServerState};
 use sha2::{Digest as _, Sha256};
 use tollgate_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
@@ -114,6 +115,24 @@ impl AdminServiceImpl {
     /// The tonic service, ready for `Server::add_service`.
     pub fn into_server(self) -> AdminServiceServer<Self> {
         AdminServiceServer::new(self)
+    }
+
+    /// A linearizable read point: returns once this node is the leader (confirmed by a quorum)
+    /// and has applied everything committed before the call.
+    async fn read_barrier(&self) -> Result<(), Status> {
+        match self.raft().ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(node_status(NodeError::ForwardToLeader {
+                    leader_id: forward.leader_id,
+                    leader: forward.leader_node,
+                }))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Status::unavailable(format!("no quorum: {e}")))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(node_status(NodeError::Fatal(fatal))),
+        }
     }
 
     async fn write(&self, request: RaftRequest) -> Result<RaftResponse, Status> {
@@ -237,6 +256,16 @@ impl AdminService for AdminServiceImpl {
                 }));
             }
         };
+        // The early answers below ("unchanged", a version mismatch) must not come from a node
+        // that trails the leader: only the leader answers them, after a read barrier that makes
+        // its applied state current (a follower or a deposed leader gets `UNAVAILABLE` and the
+        // client follows `tollgate-leader`).
+        self.read_barrier().await?;
+        let (serving, revision) = self
+            .node
+            .reader()
+            .read(|state| (state.current_policy(&policy_id).cloned(), state.revision()));
+        let serving_version = serving.as_ref().map_or(0, |v| v.version);
         if expected_version != 0 && expected_version != serving_version {
             return Err(Status::failed_precondition(format!(
                 "policy {policy_id} is at version {serving_version}, not {expected_version}"

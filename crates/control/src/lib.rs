@@ -17,10 +17,14 @@
 //! - [`convert`] maps the raft crate's state onto the `tollgate.v1` messages, including the
 //!   upstream spec JSON stored in the state machine (the gateway config file's upstream keys).
 //!
-//! Checks made before proposing (a grant's server and policy exist, `expected_version`) read the
-//! leader's applied state, so a concurrent write can slip between the check and the proposal; the
-//! state machine itself enforces only what must be agreed on (ids, versions, existence for
-//! rollbacks, revocations and removals).
+//! What must be agreed on is decided in the log, not by a check before proposing: a policy's
+//! `expected_version`, and that a grant's server and policy exist, are checked by the state
+//! machine when the entry applies. `PutPolicy`'s early answers (`unchanged`, a version mismatch)
+//! come only from the leader after a read barrier (`ensure_linearizable`), so a trailing node
+//! never answers them from stale state.
+//!
+//! [`ControlNode`] assembles a node as a process runs it: the Raft node on its peer port, both
+//! services on the API port.
 
 mod admin;
 mod auth;

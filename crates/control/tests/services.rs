@@ -452,6 +452,27 @@ async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
         reached = next_event(&mut stream).await.revision;
     }
     assert_eq!(reached, pushed.revision);
+
+    info!("--- the same document again, on the follower: redirected, never answered from its state");
+    let again = client.put_policy(authed(put("p", GOOD))).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
+    assert!(again.metadata().get(LEADER_METADATA_KEY).is_some());
+    let stale = PutPolicyRequest {
+        expected_version: 7,
+        ..put("p", GOOD_2)
+    };
+    let again = client.put_policy(authed(stale)).await.unwrap_err();
+    assert_eq!(
+        again.code(),
+        tonic::Code::Unavailable,
+        "a version check is the leader's to answer: {again:?}"
+    );
+    let unchanged = leader_client
+        .put_policy(authed(put("p", GOOD)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unchanged.unchanged, "{unchanged:?}");
 }
 
 #[tokio::test]
