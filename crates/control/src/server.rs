@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tollgate_raft::{NodeError, NodeId, PeerNode, RaftNode};
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::{AdminServiceImpl, AdminToken, ConfigServiceImpl, GatewayRegistry};
@@ -102,7 +102,7 @@ impl ControlNode {
             tonic::transport::Server::builder()
                 .add_service(admin.clone().into_server())
                 .add_service(config.clone().into_server())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(api_listener), async {
+                .serve_with_incoming_shutdown(incoming(api_listener), async {
                     let _ = stopped.await;
                 }),
         );
@@ -173,4 +173,12 @@ impl ControlNode {
             }
         }
     }
+}
+
+/// Accepted connections with `TCP_NODELAY` (small RPCs must not wait for Nagle's algorithm and
+/// the peer's delayed ACK, about 40 ms each) and TCP keepalive.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)))
 }

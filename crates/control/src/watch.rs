@@ -14,6 +14,13 @@
 //! between two wake-ups go out as one change set (the gateway applies it at once). The stream
 //! ends when the client goes away or the node stops.
 //!
+//! # A gateway ahead of the node waits
+//!
+//! A reconnecting gateway may hold a revision this node has not applied yet (the node just
+//! restarted, or trails the leader). The stream then sends nothing until the node catches up (at
+//! most [`CATCH_UP_WAIT`]), so the gateway goes on enforcing what it has instead of being handed
+//! an older snapshot.
+//!
 //! # A node cut off from the cluster ends its streams
 //!
 //! A node that cannot hear a leader still has its applied state, and would go on serving it
@@ -46,9 +53,15 @@ use crate::gateways::GatewayRegistry;
 /// Events buffered per stream before the sender waits for the gateway to read.
 const STREAM_BUFFER: usize = 16;
 
-/// How long a node may be out of touch with the cluster before it ends its watch streams: three
-/// election timeouts, so that an ordinary election does not disturb the gateways.
+/// How long a node may be out of touch with the cluster before it ends its watch streams: well
+/// past a failover (lease plus election, under a second), so that an ordinary election does not
+/// disturb the gateways.
 pub const OUT_OF_TOUCH_GRACE: Duration = Duration::from_millis(1800);
+
+/// How long a stream waits for this node to reach the revision a reconnecting gateway already
+/// holds before it gives up and sends its own (older) snapshot: the gateway then belongs to a
+/// cluster that lost data, or to another cluster, and this node's state is what there is.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// How often a stream checks that its node is in touch.
 const TOUCH_CHECK: Duration = Duration::from_millis(200);
@@ -75,6 +88,7 @@ pub struct ConfigServiceImpl {
     metrics: watch::Receiver<RaftMetrics<NodeId, PeerNode>>,
     gateways: GatewayRegistry,
     next_stream: Arc<AtomicU64>,
+    catch_up_wait: Duration,
 }
 
 impl ConfigServiceImpl {
@@ -86,7 +100,16 @@ impl ConfigServiceImpl {
             metrics: node.metrics(),
             gateways,
             next_stream: Arc::new(AtomicU64::new(0)),
+            catch_up_wait: CATCH_UP_WAIT,
         }
+    }
+
+    /// Changes how long a stream waits for this node to reach a reconnecting gateway's revision
+    /// (default [`CATCH_UP_WAIT`]).
+    #[must_use]
+    pub fn with_catch_up_wait(mut self, wait: Duration) -> Self {
+        self.catch_up_wait = wait;
+        self
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -145,11 +168,37 @@ impl ConfigService for ConfigServiceImpl {
         let gateways = self.gateways.clone();
         let node_id = self.node_id;
         let metrics = self.metrics.clone();
+        let catch_up_wait = self.catch_up_wait;
         let stream_id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         // Subscribe before the first read, so that no revision applied after it is missed.
         let mut revisions = reader.subscribe_revision();
         gateways.seen(stream_id, &gateway_id, from_revision, node_id);
         tokio::spawn(async move {
+            // A gateway that holds a revision this node has not applied yet (this node restarted
+            // and is replaying its log, or trails the leader) waits here for the node to catch
+            // up, keeping its configuration, rather than being handed an older snapshot.
+            if from_revision > 0 {
+                let deadline = tokio::time::sleep(catch_up_wait);
+                tokio::pin!(deadline);
+                while reader.read(ConfigState::revision) < from_revision {
+                    tokio::select! {
+                        changed = revisions.changed() => {
+                            if changed.is_err() {
+                                gateways.closed(stream_id);
+                                return;
+                            }
+                        }
+                        () = &mut deadline => {
+                            warn!(gateway = %gateway_id, from_revision, "the gateway is ahead of this node and the node did not catch up; sending a snapshot");
+                            break;
+                        }
+                        () = tx.closed() => {
+                            gateways.closed(stream_id);
+                            return;
+                        }
+                    }
+                }
+            }
             let mut sent = from_revision;
             let mut first = true;
             let mut touch = tokio::time::interval(TOUCH_CHECK);

@@ -70,7 +70,8 @@ async fn start_cluster(n: u64) -> Vec<Control> {
             AdminToken::new(ADMIN).unwrap(),
             gateways.clone(),
         );
-        let config = ConfigServiceImpl::new(&node, gateways);
+        let config =
+            ConfigServiceImpl::new(&node, gateways).with_catch_up_wait(Duration::from_millis(500));
         let api_addr = api.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(
@@ -397,7 +398,36 @@ async fn a_watch_gets_a_snapshot_then_later_changes_and_resumes_after_its_revisi
     assert_eq!(first.revision, pushed.revision);
     assert!(matches!(first.kind, Some(config_event::Kind::Changes(ref c)) if c.changes.len() == 1));
 
-    info!("--- a watch from a revision the node has not reached gets a snapshot");
+    info!("--- a watch one revision ahead of the node waits for it instead of going back");
+    let mut waiting = config
+        .watch(WatchRequest {
+            from_revision: pushed.revision + 1,
+            gateway_id: "gw-4".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let push = |document: &'static str| {
+        let mut client = client.clone();
+        async move {
+            client
+                .put_policy(authed(put("p", document)))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let reached = push(r#"{"version":"1","default":"deny","tools":{"a":{}}}"#).await;
+    assert_eq!(reached.revision, pushed.revision + 1);
+    let later = push(r#"{"version":"1","default":"deny","tools":{"b":{}}}"#).await;
+    let first = next_event(&mut waiting).await;
+    assert_eq!(first.revision, later.revision);
+    assert!(
+        matches!(first.kind, Some(config_event::Kind::Changes(ref c)) if c.changes.len() == 1),
+        "only the change after the revision the gateway holds, never an older snapshot: {first:?}"
+    );
+
+    info!("--- a watch from a revision the node never reaches gets a snapshot after the wait");
     let mut ahead = config
         .watch(WatchRequest {
             from_revision: 99,
@@ -407,7 +437,7 @@ async fn a_watch_gets_a_snapshot_then_later_changes_and_resumes_after_its_revisi
         .unwrap()
         .into_inner();
     let event = next_event(&mut ahead).await;
-    assert_eq!(event.revision, pushed.revision);
+    assert_eq!(event.revision, later.revision);
     assert!(matches!(event.kind, Some(config_event::Kind::Snapshot(_))));
 }
 
@@ -453,7 +483,9 @@ async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
     }
     assert_eq!(reached, pushed.revision);
 
-    info!("--- the same document again, on the follower: redirected, never answered from its state");
+    info!(
+        "--- the same document again, on the follower: redirected, never answered from its state"
+    );
     let again = client.put_policy(authed(put("p", GOOD))).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::Unavailable, "{again:?}");
     assert!(again.metadata().get(LEADER_METADATA_KEY).is_some());

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  <dir>/vote.json   the vote, replaced atomically (temp file, fsync, rename, fsync dir)
+//!  <dir>/committed.json  the last committed log id this node knows, a hint (no fsync)
 //!  <dir>/raft.log    records: [len: u32 LE][crc32: u32 LE][JSON of LogRecord]
 //!                    LogRecord = Entry(entry) | Truncate { since } | Purge { upto }
 //! ```
@@ -13,6 +14,10 @@
 //!   start rebuilds exactly the live log and `last_purged_log_id`.
 //! * **Compaction**: once the file holds many more records than live entries, it is rewritten
 //!   (temp file + rename) as one purge marker followed by the live entries.
+//! * **Committed**: the committed log id is saved (replaced by rename, not fsynced) so that a
+//!   restarted node applies its committed entries at once, before it hears a leader, instead of
+//!   serving the older state of its last snapshot meanwhile. openraft treats it as a hint: a lost
+//!   or stale file only delays applying until the leader's next heartbeat.
 //! * **Recovery**: a torn or corrupt tail (short record or checksum mismatch) was never
 //!   acknowledged, because acknowledgement waits for the fsync; it is cut off on open.
 //!
@@ -40,6 +45,7 @@ use crate::types::{NodeId, TypeConfig};
 
 const LOG_FILE: &str = "raft.log";
 const VOTE_FILE: &str = "vote.json";
+const COMMITTED_FILE: &str = "committed.json";
 /// Compact when the file holds this many more records than live entries.
 const COMPACT_SLACK: u64 = 4096;
 const HEADER_LEN: usize = 8;
@@ -269,6 +275,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
         Ok(self.inner.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        let dir = self.inner.lock().dir.clone();
+        let bytes = serde_json::to_vec(&committed)
+            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let path = dir.join(COMMITTED_FILE);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        let dir = self.inner.lock().dir.clone();
+        let bytes = read_optional(&dir.join(COMMITTED_FILE))
+            .map_err(|e| storage_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        // A torn or unreadable hint is no hint: openraft learns the commit from the leader.
+        let committed = bytes
+            .and_then(|b| serde_json::from_slice::<Option<LogId<NodeId>>>(&b).ok())
+            .flatten();
+        let inner = self.inner.lock();
+        // Never claim more than the log holds (a hint written before a torn tail was cut off).
+        let last = inner
+            .entries
+            .keys()
+            .next_back()
+            .copied()
+            .or(inner.last_purged.map(|l| l.index));
+        Ok(committed.filter(|c| last.is_some_and(|last| c.index <= last)))
     }
 
     async fn append<I>(
