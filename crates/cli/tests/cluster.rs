@@ -605,13 +605,49 @@ async fn mcp_calls_keep_succeeding_while_the_control_leader_is_killed() {
             }
         })
     };
-    wait_for_async(WAIT, || async { successes.load(Ordering::SeqCst) >= 20 })
-        .await
-        .expect("calls succeed");
+    info!("--- and real MCP clients (rmcp), one per protocol era, do the same");
+    let url = format!("http://{}/mcp/{SERVER}", fixture.sandbox.gateways[0].data);
+    let rmcp_successes = [Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0))];
+    let rmcp_clients: Vec<_> = [false, true]
+        .into_iter()
+        .zip(rmcp_successes.iter().cloned())
+        .map(|(modern, successes)| {
+            let url = url.clone();
+            let token = fixture.open_token.clone();
+            let (failures, stop) = (failures.clone(), stop.clone());
+            tokio::spawn(async move {
+                let client = rmcp_client(&url, &token, modern).await;
+                while !stop.load(Ordering::SeqCst) {
+                    let mut call = rmcp::model::CallToolRequestParams::new("echo");
+                    call.arguments = serde_json::json!({"text": "hi"}).as_object().cloned();
+                    match client.call_tool(call).await {
+                        Ok(result) if result.is_error != Some(true) => {
+                            successes.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("rmcp (modern: {modern}): {other:?}")),
+                    }
+                }
+                let _ = client.cancel().await;
+            })
+        })
+        .collect();
+    wait_for_async(WAIT, || async {
+        successes.load(Ordering::SeqCst) >= 20
+            && rmcp_successes.iter().all(|s| s.load(Ordering::SeqCst) >= 5)
+    })
+    .await
+    .expect("calls succeed");
 
     info!("--- kill -9 the control leader");
     fixture.sandbox.kill(leader).await.unwrap();
     let at_kill = successes.load(Ordering::SeqCst);
+    let rmcp_at_kill: Vec<u64> = rmcp_successes
+        .iter()
+        .map(|s| s.load(Ordering::SeqCst))
+        .collect();
     let new_leader = fixture.sandbox.leader(WAIT).await.unwrap();
     info!(
         leader = fixture.sandbox.controls[new_leader].id,
@@ -621,11 +657,18 @@ async fn mcp_calls_keep_succeeding_while_the_control_leader_is_killed() {
     fixture.wait_converged(new_leader).await;
     wait_for_async(WAIT, || async {
         successes.load(Ordering::SeqCst) >= at_kill + 50
+            && rmcp_successes
+                .iter()
+                .zip(&rmcp_at_kill)
+                .all(|(s, at)| s.load(Ordering::SeqCst) >= at + 20)
     })
     .await
-    .expect("calls keep succeeding");
+    .expect("calls keep succeeding, from every client");
     stop.store(true, Ordering::SeqCst);
     client.await.unwrap();
+    for rmcp_client in rmcp_clients {
+        rmcp_client.await.unwrap();
+    }
     let failures = failures.lock().unwrap().clone();
     info!(
         successes = successes.load(Ordering::SeqCst),
@@ -698,5 +741,34 @@ async fn a_gateway_keeps_its_configuration_while_the_whole_control_plane_restart
             refused, 0,
             "a valid grant was refused while the cluster restarted"
         );
+    }
+}
+
+/// A real MCP client (rmcp) through a gateway: the legacy `initialize` handshake with a session,
+/// or the modern (2026-07-28) `server/discover` lifecycle.
+async fn rmcp_client(
+    url: &str,
+    token: &str,
+    modern: bool,
+) -> rmcp::service::RunningService<rmcp::service::RoleClient, ()> {
+    use rmcp::ServiceExt as _;
+    use rmcp::service::ClientServiceExt as _;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            url.to_owned(),
+        )
+        .auth_header(token),
+    );
+    if modern {
+        ().serve_with_lifecycle(
+            transport,
+            rmcp::service::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("modern client connects")
+    } else {
+        ().serve(transport).await.expect("legacy client connects")
     }
 }
