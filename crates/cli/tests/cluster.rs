@@ -772,3 +772,53 @@ async fn rmcp_client(
         ().serve(transport).await.expect("legacy client connects")
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_nodes_answer_health_probes_and_export_raft_metrics() {
+    let fixture = Fixture::start(3, 0).await;
+    let leader = fixture.sandbox.leader(WAIT).await.unwrap();
+    let revision = fixture.wait_converged(leader).await;
+    let http = fixture.sandbox.http();
+    let scrape = |admin: std::net::SocketAddr| async move {
+        let ready = http
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .as_u16();
+        let text = http
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        Some((ready, text))
+    };
+    let mut leaders = 0;
+    for control in &fixture.sandbox.controls {
+        let admin = control
+            .admin
+            .expect("a control node prints its admin address");
+        info!(
+            control = control.id,
+            "--- ready, in touch, a voter of three, at the revision"
+        );
+        wait_for_async(WAIT, || async {
+            scrape(admin).await.is_some_and(|(ready, text)| {
+                ready == 200
+                    && sandbox::metric_value(&text, "tollgate_raft_in_touch") == Some(1)
+                    && sandbox::metric_value(&text, "tollgate_raft_voters") == Some(3)
+                    && sandbox::metric_value(&text, "tollgate_control_revision") == Some(revision)
+                    && sandbox::metric_value(&text, "tollgate_raft_term").is_some_and(|t| t >= 1)
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("control {}: {e}", control.id));
+        let (_, text) = scrape(admin).await.unwrap();
+        leaders += sandbox::metric_value(&text, "tollgate_raft_leader").unwrap();
+    }
+    assert_eq!(leaders, 1, "exactly one control node says it leads");
+}

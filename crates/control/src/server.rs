@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tollgate_raft::{NodeError, NodeId, PeerNode, RaftNode};
+use tollgate_telemetry::Metrics;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
@@ -136,6 +137,56 @@ impl ControlNode {
     /// The config service, for an in-process gateway (no network hop).
     pub fn config_service(&self) -> &ConfigServiceImpl {
         &self.config
+    }
+
+    /// Keeps the control-plane gauges of `metrics` (`tollgate_raft_*`, `tollgate_control_*`)
+    /// current until the node stops: updated on every Raft metrics change and once a second.
+    pub fn export_metrics(&self, metrics: Arc<Metrics>) -> JoinHandle<()> {
+        let mut raft = self.node.metrics();
+        let reader = self.node.reader();
+        let gateways = self.gateways.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let as_gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            loop {
+                {
+                    let m = raft.borrow_and_update();
+                    metrics.raft_term.set(as_gauge(m.current_term));
+                    metrics
+                        .raft_leader
+                        .set(i64::from(m.state == openraft::ServerState::Leader));
+                    metrics
+                        .raft_in_touch
+                        .set(i64::from(crate::watch::in_touch(&m)));
+                    metrics
+                        .raft_last_log_index
+                        .set(as_gauge(m.last_log_index.unwrap_or(0)));
+                    metrics
+                        .raft_applied_index
+                        .set(as_gauge(m.last_applied.map_or(0, |l| l.index)));
+                    metrics.raft_voters.set(as_gauge(
+                        m.membership_config.membership().voter_ids().count() as u64,
+                    ));
+                }
+                metrics
+                    .control_revision
+                    .set(as_gauge(reader.read(|s| s.revision())));
+                metrics
+                    .control_watchers
+                    .set(as_gauge(gateways.list().len() as u64));
+                tokio::select! {
+                    changed = raft.changed() => if changed.is_err() { break },
+                    _ = tick.tick() => {}
+                }
+            }
+        })
+    }
+
+    /// Whether this node is in touch with a working cluster (it hears a leader, or as leader a
+    /// quorum): what a control node's `/readyz` answers.
+    pub fn in_touch(&self) -> bool {
+        crate::watch::in_touch(&self.node.metrics().borrow())
     }
 
     /// The gateways following this node.

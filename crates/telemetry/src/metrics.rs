@@ -12,6 +12,14 @@
 //! | `tollgate_config_stream_connected` | | 1 while a `ConfigService.Watch` stream is open |
 //! | `tollgate_config_events_total` | `kind` | configuration events applied (`snapshot`, `changes`) |
 //! | `tollgate_config_errors_total` | `kind` | configuration problems (`connect`, `stream`, `upstream`, `policy`, `grant`) |
+//! | `tollgate_raft_term` | | the Raft term of this control node |
+//! | `tollgate_raft_leader` | | 1 while this control node is the leader |
+//! | `tollgate_raft_in_touch` | | 1 while this control node hears a leader (or a quorum, as leader) |
+//! | `tollgate_raft_last_log_index` | | the last index in this node's Raft log |
+//! | `tollgate_raft_applied_index` | | the last index applied to this node's state machine |
+//! | `tollgate_raft_voters` | | voters in the membership this node knows |
+//! | `tollgate_control_revision` | | the configuration revision of this control node's applied state |
+//! | `tollgate_control_watchers` | | gateways with a watch stream open on this control node |
 
 use std::sync::atomic::AtomicI64;
 
@@ -79,6 +87,22 @@ pub struct Metrics {
     pub config_events: Family<KindLabels, Counter>,
     /// `tollgate_config_errors_total`.
     pub config_errors: Family<KindLabels, Counter>,
+    /// `tollgate_raft_term`.
+    pub raft_term: Gauge<i64, AtomicI64>,
+    /// `tollgate_raft_leader`.
+    pub raft_leader: Gauge<i64, AtomicI64>,
+    /// `tollgate_raft_in_touch`.
+    pub raft_in_touch: Gauge<i64, AtomicI64>,
+    /// `tollgate_raft_last_log_index`.
+    pub raft_last_log_index: Gauge<i64, AtomicI64>,
+    /// `tollgate_raft_applied_index`.
+    pub raft_applied_index: Gauge<i64, AtomicI64>,
+    /// `tollgate_raft_voters`.
+    pub raft_voters: Gauge<i64, AtomicI64>,
+    /// `tollgate_control_revision`.
+    pub control_revision: Gauge<i64, AtomicI64>,
+    /// `tollgate_control_watchers`.
+    pub control_watchers: Gauge<i64, AtomicI64>,
 }
 
 /// Labels carrying only a kind.
@@ -161,6 +185,47 @@ impl Metrics {
             "Configuration problems, by kind",
             config_errors.clone(),
         );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::<i64, AtomicI64>::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let raft_term = gauge(&mut registry, "raft_term", "The Raft term of this control node");
+        let raft_leader = gauge(
+            &mut registry,
+            "raft_leader",
+            "1 while this control node is the Raft leader",
+        );
+        let raft_in_touch = gauge(
+            &mut registry,
+            "raft_in_touch",
+            "1 while this control node hears a leader (or, as leader, a quorum)",
+        );
+        let raft_last_log_index = gauge(
+            &mut registry,
+            "raft_last_log_index",
+            "The last index in this control node's Raft log",
+        );
+        let raft_applied_index = gauge(
+            &mut registry,
+            "raft_applied_index",
+            "The last Raft index applied to this control node's state machine",
+        );
+        let raft_voters = gauge(
+            &mut registry,
+            "raft_voters",
+            "Voters in the membership this control node knows",
+        );
+        let control_revision = gauge(
+            &mut registry,
+            "control_revision",
+            "The configuration revision of this control node's applied state",
+        );
+        let control_watchers = gauge(
+            &mut registry,
+            "control_watchers",
+            "Gateways with a configuration watch stream open on this control node",
+        );
         Self {
             registry,
             requests,
@@ -173,6 +238,14 @@ impl Metrics {
             config_stream_connected,
             config_events,
             config_errors,
+            raft_term,
+            raft_leader,
+            raft_in_touch,
+            raft_last_log_index,
+            raft_applied_index,
+            raft_voters,
+            control_revision,
+            control_watchers,
         }
     }
 

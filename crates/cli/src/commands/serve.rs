@@ -27,6 +27,7 @@ use tollgate_telemetry::{LogFormat, TelemetryOptions};
 
 use crate::EXIT_CONFIG;
 
+mod admin;
 mod local;
 mod node;
 mod seed;

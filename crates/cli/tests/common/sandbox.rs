@@ -212,6 +212,8 @@ pub struct Control {
     pub api: String,
     /// The Raft address.
     pub raft: String,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`) of the running process.
+    pub admin: Option<SocketAddr>,
     config: PathBuf,
     log: PathBuf,
     process: Option<Process>,
@@ -337,7 +339,8 @@ impl Sandbox {
             std::fs::write(
                 &config,
                 format!(
-                    "node_id = \"control-{id}\"\n\n[cluster]\nid = {id}\ndata_dir = {}\n\
+                    "node_id = \"control-{id}\"\n\n[listen]\nadmin = \"127.0.0.1:0\"\n\n\
+                     [cluster]\nid = {id}\ndata_dir = {}\n\
                      raft_listen = {}\napi_listen = {}\n{members}",
                     toml_string(&node_dir.join("data").display().to_string()),
                     toml_string(&raft),
@@ -348,6 +351,7 @@ impl Sandbox {
                 id,
                 api,
                 raft,
+                admin: None,
                 config,
                 log: dir.path().join(format!("control-{id}.log")),
                 process: None,
@@ -460,6 +464,7 @@ impl Sandbox {
         let log = control.log.clone();
         let process = control.process.as_mut().context("not running")?;
         let listening = process.listening(timeout, &log).await?;
+        control.admin = listening.admin;
         anyhow::ensure!(
             listening.api.as_deref() == Some(control.api.as_str()),
             "control {} listens on {:?}, not {}",

@@ -201,12 +201,34 @@ pub async fn serve(plan: Plan) -> Result<(), ServeError> {
         }
     }
 
+    let metrics = Arc::new(Metrics::new());
+    if let Some(control) = &control {
+        control.node.export_metrics(metrics.clone());
+    }
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let mut control_admin = None;
+    if let (Role::Control, Some(control)) = (plan.role, &control) {
+        let (addr, task) = super::admin::serve(
+            plan.config.listen.admin,
+            &control.node,
+            metrics.clone(),
+            admin_stopped,
+        )
+        .await
+        .map_err(|e| {
+            ServeError::Io(format!(
+                "binding the admin listener {}: {e}",
+                plan.config.listen.admin
+            ))
+        })?;
+        control_admin = Some((addr, task));
+    }
+
     let mut gateway: Option<RunningGateway> = None;
     if plan.role != Role::Control {
-        let metrics = Arc::new(Metrics::new());
         let quota: Arc<dyn Quota> = Arc::new(LocalQuota::new());
         let mut running =
-            tollgate_gateway::start_following(plan.config.clone(), metrics, quota).await?;
+            tollgate_gateway::start_following(plan.config.clone(), metrics.clone(), quota).await?;
         let connector: Arc<dyn WatchConnector> = match &control {
             Some(control) => Arc::new(LocalWatch(control.node.config_service().clone())),
             None => Arc::new(RemoteControl::new(plan.config.cluster.control.clone())),
@@ -221,6 +243,9 @@ pub async fn serve(plan: Plan) -> Result<(), ServeError> {
             " data={} admin={}",
             gateway.data_addr, gateway.admin_addr
         ));
+    }
+    if let Some((addr, _)) = &control_admin {
+        line.push_str(&format!(" admin={addr}"));
     }
     if let Some(control) = &control {
         line.push_str(&format!(" api={} raft={}", control.api, control.raft));
@@ -253,6 +278,10 @@ pub async fn serve(plan: Plan) -> Result<(), ServeError> {
     info!("stopping");
     if let Some(gateway) = gateway {
         gateway.shutdown().await;
+    }
+    let _ = stop_admin.send(true);
+    if let Some((_, task)) = control_admin {
+        let _ = task.await;
     }
     if let Some(control) = control {
         control.node.shutdown().await;
