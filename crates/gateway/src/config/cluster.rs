@@ -8,7 +8,8 @@
 //! api_listen = "0.0.0.0:7070"         # AdminService + ConfigService
 //! raft_advertise = "tg-0.tg:7071"     # what other nodes dial (default: raft_listen)
 //! api_advertise = "tg-0.tg:7070"      # what clients are redirected to (default: api_listen)
-//! admin_token_env = "TOLLGATE_ADMIN_TOKEN"
+//! admin_token_env = "TOLLGATE_ADMIN_TOKEN"   # or:
+//! admin_token_file = "/etc/tollgate/admin-token"   # a mounted secret; wins over the variable
 //! control = ["tg-0.tg:7070", "tg-1.tg:7070"]   # role `gateway`: the control nodes to follow
 //!
 //! [[cluster.members]]                 # the same list on every node; omitted: this node alone
@@ -19,7 +20,8 @@
 //!
 //! Environment (used when the file leaves a key out): `TOLLGATE_DATA_DIR`, `TOLLGATE_RAFT_ADDR`,
 //! `TOLLGATE_API_ADDR`, `TOLLGATE_CONTROL` (comma-separated). The admin token is read from the
-//! variable `admin_token_env` names; it never appears in the file.
+//! file `admin_token_file` names, else from the variable `admin_token_env` names; it never
+//! appears in the configuration file itself.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -52,6 +54,7 @@ pub(super) struct RawCluster {
     raft_advertise: Option<String>,
     api_advertise: Option<String>,
     admin_token_env: Option<String>,
+    admin_token_file: Option<PathBuf>,
     control: Option<Vec<String>>,
     members: Option<Vec<RawMember>>,
 }
@@ -92,7 +95,7 @@ pub struct Cluster {
     pub api_advertise: Option<String>,
     /// The admin token, read from the environment; `None` if the variable is unset.
     pub admin_token: Option<String>,
-    /// The name of the variable the admin token came from (for messages).
+    /// Where the admin token came from, or would have (for messages).
     pub admin_token_env: String,
     /// The control nodes a gateway follows.
     pub control: Vec<String>,
@@ -153,15 +156,43 @@ impl super::Validator<'_> {
         let admin_token_env = raw
             .admin_token_env
             .unwrap_or_else(|| DEFAULT_ADMIN_TOKEN_ENV.to_owned());
-        let admin_token = self.env.var(&admin_token_env).filter(|t| !t.is_empty());
+        let (admin_token, token_key, token_source) = match raw.admin_token_file {
+            Some(file) => {
+                let path = self.resolve(&file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => (
+                        Some(text.trim().to_owned()),
+                        "cluster.admin_token_file",
+                        path.display().to_string(),
+                    ),
+                    Err(e) => {
+                        self.error(
+                            "cluster.admin_token_file",
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        (None, "cluster.admin_token_file", path.display().to_string())
+                    }
+                }
+            }
+            None => (
+                self.env.var(&admin_token_env).filter(|t| !t.is_empty()),
+                "cluster.admin_token_env",
+                format!("`{admin_token_env}`"),
+            ),
+        };
         if let Some(token) = &admin_token
             && token.len() < 16
         {
             self.error(
-                "cluster.admin_token_env",
-                format!("the admin token in `{admin_token_env}` is shorter than 16 characters"),
+                token_key,
+                format!("the admin token in {token_source} is shorter than 16 characters"),
             );
         }
+        let admin_token_env = if token_key == "cluster.admin_token_file" {
+            token_source
+        } else {
+            admin_token_env
+        };
         let control = match raw.control {
             Some(list) => list,
             None => self

@@ -619,3 +619,25 @@ fn grant_policies_get_cluster_ids_from_their_file_names() {
     let errors = Config::from_toml(&clash, dir.path(), &env(&[])).unwrap_err();
     assert_eq!(paths(&errors), vec!["grants[1].policy"], "{errors}");
 }
+
+#[test]
+fn the_admin_token_comes_from_a_file_before_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin-token"), "from-the-mounted-secret\n").unwrap();
+    let vars = env(&[("TOLLGATE_ADMIN_TOKEN", "from-the-environment-variable")]);
+    let text = "[cluster]\nadmin_token_file = \"admin-token\"\n";
+    let config = Config::from_toml(text, dir.path(), &vars).unwrap();
+    assert_eq!(
+        config.cluster.admin_token.as_deref(),
+        Some("from-the-mounted-secret"),
+        "read relative to the configuration file, trailing newline trimmed"
+    );
+    let config = Config::from_toml("", dir.path(), &vars).unwrap();
+    assert_eq!(
+        config.cluster.admin_token.as_deref(),
+        Some("from-the-environment-variable")
+    );
+    let missing = "[cluster]\nadmin_token_file = \"nope\"\n";
+    let errors = Config::from_toml(missing, dir.path(), &vars).unwrap_err();
+    assert_eq!(paths(&errors), vec!["cluster.admin_token_file"], "{errors}");
+}
