@@ -775,7 +775,7 @@ async fn rmcp_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_nodes_answer_health_probes_and_export_raft_metrics() {
-    let fixture = Fixture::start(3, 0).await;
+    let fixture = Fixture::start(3, 2).await;
     let leader = fixture.sandbox.leader(WAIT).await.unwrap();
     let revision = fixture.wait_converged(leader).await;
     let http = fixture.sandbox.http();
@@ -821,4 +821,20 @@ async fn control_nodes_answer_health_probes_and_export_raft_metrics() {
         leaders += sandbox::metric_value(&text, "tollgate_raft_leader").unwrap();
     }
     assert_eq!(leaders, 1, "exactly one control node says it leads");
+
+    info!("--- every control node's status lists both gateways, wherever they watch");
+    for i in 0..fixture.sandbox.controls.len() {
+        let status = fixture.sandbox.status(i).await.unwrap();
+        let mut ids: Vec<String> = status
+            .gateways
+            .iter()
+            .map(|g| g.gateway_id.clone())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec!["gateway-1", "gateway-2"], "{status:?}");
+        assert!(
+            status.gateways.iter().all(|g| g.revision == revision),
+            "{status:?}"
+        );
+    }
 }

@@ -33,6 +33,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{ChangeMembers, Membership, ServerState};
 use sha2::{Digest as _, Sha256};
+use tollgate_proto::ADMIN_TOKEN_METADATA_KEY;
 use tollgate_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use tollgate_proto::v1::{
     AddNodeRequest, AddNodeResponse, ClusterMember, ClusterStatusRequest, ClusterStatusResponse,
@@ -99,6 +100,37 @@ fn applied(response: RaftResponse) -> Result<(u64, Option<u64>), Status> {
 /// The wall clock as the leader stamps it into requests (0 if the clock is before 1970).
 fn now_ms() -> u64 {
     u64::try_from(now_unix_ms()).unwrap_or(0)
+}
+
+/// How long `ClusterStatus` waits for another member's list of gateways.
+const PEER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The gateways another member serves (empty if it does not answer in time).
+async fn peer_gateways(
+    api_addr: String,
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> Vec<tollgate_proto::v1::GatewayStatus> {
+    let ask = async {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{api_addr}"))
+            .ok()?
+            .connect_timeout(PEER_STATUS_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.ok()?;
+        let mut request = Request::new(ClusterStatusRequest { local_only: true });
+        request
+            .metadata_mut()
+            .insert(ADMIN_TOKEN_METADATA_KEY, authorization);
+        let response = tollgate_proto::v1::admin_service_client::AdminServiceClient::new(channel)
+            .cluster_status(request)
+            .await
+            .ok()?;
+        Some(response.into_inner().gateways)
+    };
+    tokio::time::timeout(PEER_STATUS_TIMEOUT, ask)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
 }
 
 impl AdminServiceImpl {
@@ -536,17 +568,33 @@ impl AdminService for AdminServiceImpl {
         request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         self.token.authorize(&request)?;
+        let authorization = request.metadata().get(ADMIN_TOKEN_METADATA_KEY).cloned();
+        let local_only = request.into_inner().local_only;
         let metrics = self.node.metrics().borrow().clone();
         let leader = self.node.leader();
+        let members = self.members();
+        let mut gateways = self.gateways.list();
+        if !local_only && let Some(authorization) = authorization {
+            let others = members
+                .iter()
+                .filter(|m| m.node_id != self.node.id())
+                .map(|m| peer_gateways(m.api_addr.clone(), authorization.clone()));
+            for list in futures_util::future::join_all(others).await {
+                gateways.extend(list);
+            }
+            gateways.sort_by(|a, b| {
+                (&a.gateway_id, a.served_by_node_id).cmp(&(&b.gateway_id, b.served_by_node_id))
+            });
+        }
         Ok(Response::new(ClusterStatusResponse {
             node_id: self.node.id(),
-            members: self.members(),
+            members,
             leader_id: leader.as_ref().map_or(0, |(id, _)| *id),
             leader_api_addr: leader.map(|(_, node)| node.api_addr).unwrap_or_default(),
             term: metrics.current_term,
             applied_index: metrics.last_applied.map_or(0, |log_id| log_id.index),
             revision: self.node.reader().read(|state| state.revision()),
-            gateways: self.gateways.list(),
+            gateways,
         }))
     }
 

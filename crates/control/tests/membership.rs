@@ -222,7 +222,7 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
     );
     let seen_by_learner = admin(fourth.api_addr)
         .await
-        .cluster_status(authed(ClusterStatusRequest {}))
+        .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -246,7 +246,7 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
         .into_inner();
     assert_eq!(role(&promoted.members, 4), Some(NodeRole::Voter));
     let status = client
-        .cluster_status(authed(ClusterStatusRequest {}))
+        .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -276,7 +276,7 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
     assert_eq!(role(&removed.members, removed_id), None);
     assert_eq!(removed.members.len(), 3);
     let status = client
-        .cluster_status(authed(ClusterStatusRequest {}))
+        .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -313,7 +313,7 @@ async fn the_last_voter_of_a_cluster_cannot_be_removed() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
     let status = client
-        .cluster_status(authed(ClusterStatusRequest {}))
+        .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -365,7 +365,7 @@ async fn membership_changes_sent_to_a_follower_name_the_leader_and_change_nothin
     }
     let status = admin(leader.api_addr)
         .await
-        .cluster_status(authed(ClusterStatusRequest {}))
+        .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();

@@ -67,7 +67,8 @@ pub trait WatchConnector: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = Result<EventStream, tonic::Status>> + Send + '_>>;
 }
 
-/// Remote control nodes, tried in turn: each connection attempt goes to the next address.
+/// Remote control nodes, tried in turn: each connection attempt goes to the next address,
+/// starting from a random one so that gateways spread over the control nodes.
 pub struct RemoteControl {
     endpoints: Vec<String>,
     next: AtomicUsize,
@@ -76,9 +77,10 @@ pub struct RemoteControl {
 impl RemoteControl {
     /// Control nodes' API addresses (`host:port`, or full `http://` URLs).
     pub fn new(endpoints: Vec<String>) -> Self {
+        let start = rand::random::<u32>() as usize % endpoints.len().max(1);
         Self {
             endpoints,
-            next: AtomicUsize::new(0),
+            next: AtomicUsize::new(start),
         }
     }
 }

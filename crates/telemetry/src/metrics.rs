@@ -190,7 +190,11 @@ impl Metrics {
             registry.register(name, help, gauge.clone());
             gauge
         };
-        let raft_term = gauge(&mut registry, "raft_term", "The Raft term of this control node");
+        let raft_term = gauge(
+            &mut registry,
+            "raft_term",
+            "The Raft term of this control node",
+        );
         let raft_leader = gauge(
             &mut registry,
             "raft_leader",

@@ -136,7 +136,7 @@ async fn status(control: ControlArgs) -> Result<ExitCode, AdminError> {
     let client = AdminClient::new(&control)?;
     let response = client
         .call(CallKind::Read, |mut admin| async move {
-            admin.cluster_status(ClusterStatusRequest {}).await
+            admin.cluster_status(ClusterStatusRequest::default()).await
         })
         .await?;
     if control.json {

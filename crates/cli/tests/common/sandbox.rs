@@ -685,7 +685,7 @@ impl Admin {
     pub async fn status(&self, addr: &str) -> anyhow::Result<ClusterStatusResponse> {
         Ok(self
             .client(addr)?
-            .cluster_status(Self::request(ClusterStatusRequest {}))
+            .cluster_status(Self::request(ClusterStatusRequest::default()))
             .await?
             .into_inner())
     }
