@@ -441,3 +441,79 @@ async fn the_follower_keeps_serving_through_a_lost_stream_and_resumes_from_its_r
     gateway.shutdown().await;
     upstream.shutdown().await;
 }
+
+#[tokio::test]
+async fn revoking_a_grant_ends_its_open_streams_too() {
+    tollgate_tests::init_tracing();
+    let upstream = TestUpstream::start(UpstreamOptions::default())
+        .await
+        .unwrap();
+    let gateway = following_gateway().await;
+    let follower = gateway.follower().unwrap();
+    let other = "other-token-0123456789";
+    follower
+        .apply(&snapshot(
+            1,
+            vec![policy("p", 1, ALLOW)],
+            vec![
+                grant("g1", TOKEN, "up", "p", false),
+                grant("g2", other, "up", "p", false),
+            ],
+            vec![http_upstream("up", &upstream.url)],
+        ))
+        .unwrap();
+    let url = format!("http://{}/mcp/up", gateway.data_addr);
+    let open_stream = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            let session = Raw::new(&url, Some(token)).initialize().await.unwrap();
+            let response = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(token)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response
+        }
+    };
+    let mut revoked = open_stream(TOKEN).await;
+    let mut kept = open_stream(other).await;
+
+    info!("--- revoke g1 while both grants hold a GET stream open");
+    follower
+        .apply(&changes(
+            2,
+            vec![config_change::Kind::GrantPut(grant(
+                "g1", TOKEN, "up", "p", true,
+            ))],
+        ))
+        .unwrap();
+    assert!(
+        ends_within(&mut revoked, WAIT).await,
+        "the revoked grant's stream ends"
+    );
+
+    info!("--- the other grant's stream stays open and its calls work");
+    assert!(
+        !ends_within(&mut kept, Duration::from_millis(300)).await,
+        "nothing ended the other grant's stream"
+    );
+    let call = echo(&gateway, "up", other).await;
+    assert_ne!(call.json()["result"]["isError"], true, "{call:?}");
+    drop((revoked, kept));
+    gateway.shutdown().await;
+    upstream.shutdown().await;
+}
+
+/// Whether a streamed body ends (or fails) within `limit`, reading whatever it sends meanwhile.
+async fn ends_within(response: &mut reqwest::Response, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await
+    .is_ok()
+}

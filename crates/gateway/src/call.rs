@@ -193,7 +193,10 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         }
         ReplyBody::Sse(stream) => {
             settlement.status = Some(status.as_u16());
-            sse_response(settle_stream(stream, settlement))
+            sse_response(settle_stream(
+                crate::handler::until_revoked(&ctx.grant, stream),
+                settlement,
+            ))
         }
     };
     *response.status_mut() = status;

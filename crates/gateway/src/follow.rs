@@ -41,7 +41,7 @@ use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{ProcessEnv, UpstreamSource, upstream_from_source};
-use crate::gateway::{Grant, Runtime, Server, Shared, new_server};
+use crate::gateway::{Grant, Runtime, Server, Shared, cancel_removed, new_server, revocation_of};
 
 /// The first wait before reconnecting after a failure; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -336,6 +336,7 @@ impl Follower {
                     policy_id: Some(grant.policy_id.clone()),
                     policy_version: version,
                     policy,
+                    revoked: revocation_of(&current.grants, &hash),
                 }),
             );
         }
@@ -346,6 +347,7 @@ impl Follower {
             .filter(|(name, old)| servers.get(*name).is_none_or(|new| !Arc::ptr_eq(new, old)))
             .map(|(_, old)| old.clone())
             .collect();
+        cancel_removed(&current.grants, &grants);
         let applied = Applied {
             revision: view.revision,
             grants: grants.len(),

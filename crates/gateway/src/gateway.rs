@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tollgate_mcp::json::JsonLimits;
 use tollgate_mcp::session::SessionSealer;
 use tollgate_policy::Policy;
@@ -42,6 +43,10 @@ pub(crate) struct Grant {
     /// control plane (an in-process gateway started from a file).
     pub policy_version: Option<u64>,
     pub policy: Arc<Policy>,
+    /// Cancelled when the grant is revoked (or leaves the configuration): open response streams
+    /// of the grant end then, not only its next requests. Shared by every `Grant` value of the
+    /// same credential across configuration changes.
+    pub revoked: CancellationToken,
 }
 
 /// One upstream server and what the gateway knows about it.
@@ -219,9 +224,11 @@ impl RunningGateway {
                 refused: unknown,
             };
         }
+        let grants = resolve_grants(&config.grants, &current.grants);
+        cancel_removed(&current.grants, &grants);
         self.shared.runtime.store(Arc::new(Runtime {
             revision: current.revision,
-            grants: resolve_grants(&config.grants),
+            grants,
             servers: current.servers.clone(),
         }));
         ReloadReport {
@@ -399,7 +406,7 @@ async fn start_inner(
                     (up.name.clone(), server)
                 })
                 .collect(),
-            grants: resolve_grants(&config.grants),
+            grants: resolve_grants(&config.grants, &HashMap::new()),
         },
         Source::Cluster => Runtime {
             revision: 0,
@@ -475,7 +482,32 @@ pub(crate) fn new_server(
     })
 }
 
-fn resolve_grants(grants: &[GrantConfig]) -> HashMap<[u8; 32], Arc<Grant>> {
+/// Cancels the streams of every grant of `old` whose token is not in `new`.
+pub(crate) fn cancel_removed(
+    old: &HashMap<[u8; 32], Arc<Grant>>,
+    new: &HashMap<[u8; 32], Arc<Grant>>,
+) {
+    for (hash, grant) in old {
+        if !new.contains_key(hash) {
+            grant.revoked.cancel();
+        }
+    }
+}
+
+/// The revocation token of the credential `hash` in `current`, or a fresh one.
+pub(crate) fn revocation_of(
+    current: &HashMap<[u8; 32], Arc<Grant>>,
+    hash: &[u8; 32],
+) -> CancellationToken {
+    current
+        .get(hash)
+        .map_or_else(CancellationToken::new, |g| g.revoked.clone())
+}
+
+fn resolve_grants(
+    grants: &[GrantConfig],
+    current: &HashMap<[u8; 32], Arc<Grant>>,
+) -> HashMap<[u8; 32], Arc<Grant>> {
     let deny_all = Arc::new(Policy::deny_all());
     grants
         .iter()
@@ -491,6 +523,7 @@ fn resolve_grants(grants: &[GrantConfig]) -> HashMap<[u8; 32], Arc<Grant>> {
                 policy_id,
                 policy_version: None,
                 policy,
+                revoked: revocation_of(current, &g.token_hash),
             };
             (g.token_hash, Arc::new(grant))
         })

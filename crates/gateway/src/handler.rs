@@ -914,6 +914,11 @@ pub(crate) fn json_response(bytes: Bytes) -> Response {
     response
 }
 
+/// Ends `stream` when `grant` is revoked: a revoked credential keeps no open stream.
+pub(crate) fn until_revoked(grant: &Grant, stream: SseStream) -> SseStream {
+    Box::pin(stream.take_until(grant.revoked.clone().cancelled_owned()))
+}
+
 pub(crate) fn sse_response(stream: SseStream) -> Response {
     let body = Body::from_stream(
         stream
@@ -939,6 +944,7 @@ pub(crate) fn sse_response(stream: SseStream) -> Response {
 fn watch_stream(ctx: &RequestCtx, stream: SseStream) -> SseStream {
     let server = ctx.server.clone();
     let grant = ctx.grant.clone();
+    let stream = until_revoked(&grant, stream);
     Box::pin(stream.map(move |event| {
         let mut event = event?;
         if event.data.contains("notifications/tools/list_changed") {
