@@ -1,11 +1,17 @@
 //! The gateway process: shared state, listeners, start and shutdown.
 //!
 //! ```text
-//!   Config ──Gateway::start──▶ Shared { grants, servers (upstream + catalog + eras), sealer,
-//!                                       quota, audit, metrics }
+//!   Config ──start / start_following──▶ Shared { runtime: ArcSwap<Runtime { revision, grants,
+//!                                                   servers (upstream + catalog + eras) }>,
+//!                                                sealer, quota, audit, metrics }
 //!                               ├─ data listener  ─▶ handler (POST / GET / DELETE /mcp/{server})
 //!                               └─ admin listener ─▶ /metrics /healthz /readyz  (own task set)
+//!
+//!   file source:    SIGHUP reload ──▶ new Runtime (grants swapped, servers kept)
+//!   cluster source: Follower::apply(ConfigEvent) ──▶ new Runtime (see crate::follow)
 //! ```
+//!
+//! A request loads the runtime once and sees exactly one revision's grants and servers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
