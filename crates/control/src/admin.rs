@@ -94,6 +94,9 @@ fn applied(response: RaftResponse) -> Result<(u64, Option<u64>), Status> {
         RaftResponse::Internal { .. } => Err(Status::internal(
             "the state machine answered a write as a raft-internal entry",
         )),
+        RaftResponse::Quota { .. } => Err(Status::internal(
+            "the state machine answered a configuration write as a quota entry",
+        )),
     }
 }
 

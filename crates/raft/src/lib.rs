@@ -43,13 +43,16 @@
 //!   openraft core ──append/truncate/purge/vote──▶ LogStore      (<dir>/raft.log, vote.json)
 //!        │
 //!        └──apply/snapshot/install──────────────▶ StateMachineStore (<dir>/snapshot.json)
-//!                                                   └─ ConfigState::apply (pure, deterministic)
+//!                                                   ├─ ConfigState::apply (pure, deterministic)
+//!                                                   ├─ QuotaLedger::apply (pure, term of the entry)
 //!                                                   └─ StateReader (read handle + revision watch)
 //! ```
 //!
-//! The quota ledger of QUOTA.md (chunk grants and settlements per term) will be another field of
-//! [`StateMachineData`] with its own request variants, applied by the same pure `apply`; the leader
-//! stamps its time into each request so applying never reads a clock.
+//! The quota ledger of QUOTA.md ([`ledger`]: chunk grants, releases and settlements per term) is
+//! another field of [`StateMachineData`], fed by [`Request::Quota`] entries and applied by the
+//! same pure `apply` with the entry's term; the leader stamps its time into each request so
+//! applying never reads a clock. Window math is `tollgate-quota`'s [`tollgate_quota::Window`], so
+//! the gateways and the ledger compute the same window ids.
 
 // openraft's storage traits return its `StorageError` (about 224 bytes); the store's own helpers
 // return the same type so errors pass through unchanged rather than being boxed and unboxed.
@@ -57,6 +60,7 @@
 
 pub mod faults;
 mod fsio;
+pub mod ledger;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -65,6 +69,10 @@ pub mod state_machine;
 pub mod types;
 
 pub use faults::{FaultStats, Faults, LinkFault, RpcPlan};
+pub use ledger::{
+    Chunk, QuotaLedger, QuotaOp, QuotaOpResult, QuotaRefusal, SOURCE_RETENTION_MS, Source,
+    WindowReport,
+};
 pub use log_store::LogStore;
 pub use network::{MAX_MESSAGE_SIZE, Network, PeerError, RaftServer};
 pub use node::{NodeError, NodeOptions, RaftNode};

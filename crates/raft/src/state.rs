@@ -248,10 +248,15 @@ impl ConfigState {
         self.changes.front().map(|c| c.revision)
     }
 
-    /// Apply one request; deterministic.
+    /// Apply one request; deterministic. A [`Request::Quota`] is not a configuration change: it
+    /// is answered [`Response::Internal`] here and leaves the revision alone; the state machine
+    /// routes it to the quota ledger instead (see [`crate::StateMachineData::apply`]).
     pub fn apply(&mut self, request: &Request) -> Response {
         match self.change_for(request) {
-            Ok((change, policy_version)) => {
+            Ok(None) => Response::Internal {
+                revision: self.revision,
+            },
+            Ok(Some((change, policy_version))) => {
                 self.revision += 1;
                 let revision = self.revision;
                 let change = self.commit(change, revision);
@@ -271,10 +276,11 @@ impl ConfigState {
         }
     }
 
-    /// Check a request against the state and describe its effect, without changing anything.
-    fn change_for(&self, request: &Request) -> Result<(Change, Option<u64>), Rejection> {
+    /// Check a request against the state and describe its effect, without changing anything;
+    /// `None` for a request that is not a configuration change.
+    fn change_for(&self, request: &Request) -> Result<Option<(Change, Option<u64>)>, Rejection> {
         let next_revision = self.revision + 1;
-        match request {
+        let change = match request {
             Request::PutPolicy {
                 id,
                 document,
@@ -399,7 +405,9 @@ impl ConfigState {
                 }
                 Ok((Change::UpstreamRemoved { name: name.clone() }, None))
             }
-        }
+            Request::Quota { .. } => return Ok(None),
+        };
+        change.map(Some)
     }
 
     fn next_policy_version(&self, id: &str) -> u64 {

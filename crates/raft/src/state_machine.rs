@@ -1,4 +1,5 @@
-//! The Raft state machine around [`ConfigState`], with whole-state snapshots on disk.
+//! The Raft state machine around [`ConfigState`] and the [`QuotaLedger`], with whole-state
+//! snapshots on disk.
 //!
 //! ```text
 //!  <dir>/snapshot.json   {"meta": SnapshotMeta, "data": <StateMachineData as JSON>}
@@ -8,8 +9,11 @@
 //! The state machine itself lives in memory. On open it is restored from the last snapshot file;
 //! openraft then re-applies the committed log entries after the snapshot's last log id. The
 //! snapshot is the whole state (policies with every version, grants, upstreams, revision, change
-//! log, last applied log id and membership) encoded as JSON: the configuration is small (kilobytes
-//! to a few megabytes) and JSON keeps it inspectable with ordinary tools.
+//! log, live quota windows, last applied log id and membership) encoded as JSON: the configuration
+//! is small (kilobytes to a few megabytes) and JSON keeps it inspectable with ordinary tools.
+//!
+//! Quota entries go to the ledger with the term of their log id; they never touch the
+//! configuration revision, so the revision watch (and every config watcher) stays asleep.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -25,8 +29,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::fsio::{read_optional, storage_err, write_atomic};
+use crate::ledger::QuotaLedger;
 use crate::state::ConfigState;
-use crate::types::{NodeId, PeerNode, Response, TypeConfig};
+use crate::types::{NodeId, PeerNode, Request, Response, TypeConfig};
 
 const SNAPSHOT_FILE: &str = "snapshot.json";
 
@@ -39,6 +44,23 @@ pub struct StateMachineData {
     pub last_membership: StoredMembership<NodeId, PeerNode>,
     /// The configuration.
     pub config: ConfigState,
+    /// The quota ledger (absent from snapshots written before it existed).
+    #[serde(default)]
+    pub quota: QuotaLedger,
+}
+
+impl StateMachineData {
+    /// Apply one normal entry's request; `term` is the term of the entry's log id. Quota
+    /// requests go to the ledger, everything else to the configuration. Deterministic.
+    pub fn apply(&mut self, term: u64, request: &Request) -> Response {
+        match request {
+            Request::Quota { now_unix_ms, ops } => Response::Quota {
+                revision: self.config.revision(),
+                results: self.quota.apply(term, *now_unix_ms, ops),
+            },
+            config => self.config.apply(config),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -58,6 +80,11 @@ impl StateReader {
     /// Run `f` on the applied configuration.
     pub fn read<R>(&self, f: impl FnOnce(&ConfigState) -> R) -> R {
         f(&self.data.read().config)
+    }
+
+    /// Run `f` on the applied quota ledger.
+    pub fn read_quota<R>(&self, f: impl FnOnce(&QuotaLedger) -> R) -> R {
+        f(&self.data.read().quota)
     }
 
     /// The last applied log id.
@@ -206,7 +233,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Response::Internal {
                         revision: data.config.revision(),
                     },
-                    EntryPayload::Normal(request) => data.config.apply(&request),
+                    EntryPayload::Normal(request) => {
+                        data.apply(entry.log_id.leader_id.term, &request)
+                    }
                     EntryPayload::Membership(membership) => {
                         data.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);

@@ -9,6 +9,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{QuotaOp, QuotaOpResult};
 use crate::state::Rejection;
 
 /// Raft node id of a control node.
@@ -132,6 +133,15 @@ pub enum Request {
         /// Upstream name.
         name: String,
     },
+    /// A batch of quota ledger operations, coalesced by the leader from one tick of gateway
+    /// demands and reports (see [`crate::ledger`]). Not a configuration change: it leaves the
+    /// configuration revision and change log alone, so config watchers do not wake for it.
+    Quota {
+        /// The proposing leader's time (unix milliseconds); window ids come from it.
+        now_unix_ms: u64,
+        /// The operations, applied in order.
+        ops: Vec<QuotaOp>,
+    },
 }
 
 /// The state machine's answer to one log entry.
@@ -157,6 +167,13 @@ pub enum Response {
         /// The unchanged configuration revision.
         revision: u64,
     },
+    /// The answer to [`Request::Quota`]: one result per op, in order.
+    Quota {
+        /// The unchanged configuration revision.
+        revision: u64,
+        /// The result of each op.
+        results: Vec<QuotaOpResult>,
+    },
 }
 
 impl Response {
@@ -165,7 +182,8 @@ impl Response {
         match self {
             Self::Applied { revision, .. }
             | Self::Rejected { revision, .. }
-            | Self::Internal { revision } => *revision,
+            | Self::Internal { revision }
+            | Self::Quota { revision, .. } => *revision,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Three control nodes talking the Raft peer protocol over real tonic on loopback: election,
-//! replication, follower redirection, leader failover and a full restart from disk.
+//! replication, follower redirection, leader failover, a full restart from disk, and quota ledger
+//! entries across a leader change.
 //!
 //! Every wait is on openraft metrics with a timeout; nothing sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +11,10 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tollgate_raft::{NodeError, NodeId, PeerNode, RaftNode, Request, Response};
+use tollgate_quota::Window;
+use tollgate_raft::{
+    NodeError, NodeId, PeerNode, QuotaOp, QuotaOpResult, RaftNode, Request, Response, Source,
+};
 use tracing::info;
 
 /// Generous on a loaded 2-core machine; a healthy cluster needs well under a second.
@@ -287,4 +291,151 @@ async fn a_cluster_restarted_from_its_data_dirs_keeps_every_applied_change() {
     assert_eq!(next.revision(), response.revision() + 1);
     cluster.wait_applied(index).await;
     assert_eq!(revisions(&cluster), vec![next.revision(); 3]);
+}
+
+/// 2024-03-10T00:00:00Z: every quota entry of the test is stamped with it, so all fall in one
+/// window whatever the wall clock says.
+const T0: u64 = 1_710_028_800_000;
+
+fn quota(ops: Vec<QuotaOp>) -> Request {
+    Request::Quota {
+        now_unix_ms: T0,
+        ops,
+    }
+}
+
+fn grant(want: u64) -> QuotaOp {
+    QuotaOp::Grant {
+        key: "k".into(),
+        window: Window::Minute,
+        max: 10,
+        want,
+    }
+}
+
+fn term_of(node: &RaftNode) -> u64 {
+    node.metrics().borrow().current_term
+}
+
+/// (term, granted, released) of every chunk of key `k`'s minute window, on every running node.
+fn chunks(cluster: &Cluster) -> Vec<Vec<(u64, u64, u64)>> {
+    cluster
+        .nodes
+        .values()
+        .map(|node| {
+            node.reader().read_quota(|ledger| {
+                ledger
+                    .window_report("k", Window::Minute, Window::Minute.id_at(T0))
+                    .map(|report| {
+                        report
+                            .per_term
+                            .iter()
+                            .map(|(term, c)| (*term, c.granted, c.released))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_entries_commit_without_a_config_revision_and_grant_to_the_leaders_term() {
+    let mut cluster = Cluster::start().await;
+    let old = cluster.wait_for_leader(None).await;
+    let (config, index) = write(cluster.node(old), put_policy("p1", 1)).await;
+    let revision = config.revision();
+    cluster.wait_applied(index).await;
+    let mut watches: Vec<_> = cluster
+        .nodes
+        .values()
+        .map(|node| node.reader().subscribe_revision())
+        .collect();
+    for watch in &mut watches {
+        watch.borrow_and_update();
+    }
+
+    let old_term = term_of(cluster.node(old));
+    info!("--- grant 6 of 10 through leader {old} in term {old_term}");
+    let (response, index) = write(cluster.node(old), quota(vec![grant(6)])).await;
+    let Response::Quota {
+        revision: after,
+        results,
+    } = response
+    else {
+        panic!("expected a quota response, got {response:?}");
+    };
+    assert_eq!(after, revision, "a quota entry leaves the config revision");
+    assert!(matches!(
+        results.as_slice(),
+        [QuotaOpResult::Granted {
+            tokens: 6,
+            outstanding: 6,
+            ..
+        }]
+    ));
+    cluster.wait_applied(index).await;
+    assert_eq!(chunks(&cluster), vec![vec![(old_term, 6, 0)]; 3]);
+    assert_eq!(revisions(&cluster), vec![revision; 3]);
+    for watch in &watches {
+        assert!(
+            !watch.has_changed().unwrap(),
+            "config watchers do not wake for quota entries"
+        );
+    }
+
+    info!("--- shut down leader {old}");
+    cluster.shutdown(old).await;
+    let new = cluster.wait_for_leader(Some(old)).await;
+    let new_term = term_of(cluster.node(new));
+    assert!(new_term > old_term);
+
+    info!("--- leader {new} of term {new_term} releases 2 of term {old_term} and grants");
+    let release = QuotaOp::Release {
+        key: "k".into(),
+        window: Window::Minute,
+        window_id: Window::Minute.id_at(T0),
+        term: old_term,
+        tokens: 2,
+        from: Source {
+            gateway: "gw-1".into(),
+            epoch: 1,
+            seq: 1,
+        },
+    };
+    let (response, index) = write(
+        cluster.node(new),
+        quota(vec![grant(10), release.clone(), grant(10)]),
+    )
+    .await;
+    let Response::Quota { results, .. } = response else {
+        panic!("expected a quota response, got {response:?}");
+    };
+    let tokens: Vec<u64> = results
+        .iter()
+        .map(|r| match r {
+            QuotaOpResult::Granted { tokens, .. } | QuotaOpResult::Released { tokens, .. } => {
+                *tokens
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        tokens,
+        [4, 2, 2],
+        "the old term's chunk stays spent until released"
+    );
+    cluster.wait_applied(index).await;
+    assert_eq!(
+        chunks(&cluster),
+        vec![vec![(old_term, 6, 2), (new_term, 6, 0)]; 2]
+    );
+
+    info!("--- the same report proposed again is a duplicate");
+    let (response, _) = write(cluster.node(new), quota(vec![release])).await;
+    assert!(matches!(
+        response,
+        Response::Quota { results, .. } if results == [QuotaOpResult::Duplicate]
+    ));
+    assert_eq!(revisions(&cluster), vec![revision; 2]);
 }

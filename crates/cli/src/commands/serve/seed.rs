@@ -224,7 +224,7 @@ pub async fn reconcile(control: &ControlNode, config: &Config, admin_token: &str
                     Ok(RaftResponse::Rejected { reason, .. }) => report
                         .problems
                         .push(format!("grant {} ({}): {reason}", grant.id, grant.label)),
-                    Ok(RaftResponse::Internal { .. }) => {}
+                    Ok(RaftResponse::Internal { .. } | RaftResponse::Quota { .. }) => {}
                     Err(error) => report
                         .problems
                         .push(format!("grant {} ({}): {error}", grant.id, grant.label)),
