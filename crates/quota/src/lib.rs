@@ -19,17 +19,24 @@
 //!   reservation dropped without either ──> counts as spent ("unknown means spent")
 //! ```
 //!
-//! [`LocalQuota`] keeps exact counters in process memory. The clustered implementation (leases cut
-//! from Raft-committed chunks, see `QUOTA.md`) will implement the same trait: `reserve` spends
-//! tokens the node already holds, `commit` and `rollback` become the `consumed` / `returned` reports
-//! of the next message to the leader.
+//! [`LocalQuota`] keeps exact counters in process memory. [`LeasePool`] is the clustered
+//! implementation's gateway side (leases cut from Raft-committed chunks, see `QUOTA.md`): `reserve`
+//! spends tokens the node already holds with one atomic operation, `commit` and `rollback` become
+//! the `consumed` / `returned` reports of the next message to the leader, and
+//! [`Quota::try_reserve`] tells a spent window apart from a missing lease
+//! ([`QuotaError::NeedsLease`]).
 
 mod clock;
 mod local;
+mod pool;
 mod quota;
 mod window;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use local::LocalQuota;
-pub use quota::{Exhausted, LimitSpec, Quota, Reservation, ReservedLimit};
+pub use pool::{
+    CloseReason, Demand, Installed, LeaseGrant, LeaseId, LeasePool, LeaseReport, MAX_LEASE_TOKENS,
+    PoolConfig, SlotHandle, SlotLimit, SlotMode, SlotStats,
+};
+pub use quota::{Exhausted, LimitSpec, Quota, QuotaError, Reservation, ReservedLimit};
 pub use window::{Window, WindowId};

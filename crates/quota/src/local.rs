@@ -37,13 +37,14 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::DerefMut;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::clock::{Clock, SystemClock};
-use crate::quota::{Exhausted, LimitSpec, Quota, Reservation, ReservedLimit};
+use crate::quota::{
+    Entries, Exhausted, LimitSpec, Origin, Quota, Reservation, ReservedLimit, next_issuer,
+};
 use crate::window::{Window, WindowId};
 
 const SHARDS: usize = 64;
@@ -51,8 +52,6 @@ const SHARDS: usize = 64;
 const MIN_PRUNE_AT: usize = 1_024;
 /// Limits per call handled without a heap allocation for shard indexes.
 const INLINE_LIMITS: usize = 8;
-
-static NEXT_ISSUER: AtomicU64 = AtomicU64::new(1);
 
 /// Exact in-memory quota, safe to share between threads.
 ///
@@ -135,7 +134,7 @@ impl<C: Clock> LocalQuota<C> {
                 .collect(),
             shard_seed: RandomState::new().hash_one(0x7011_6a7e_u64),
             clock,
-            issuer: NEXT_ISSUER.fetch_add(1, Ordering::Relaxed),
+            issuer: next_issuer(),
         }
     }
 
@@ -180,7 +179,7 @@ impl<C: Clock> LocalQuota<C> {
         limits: &[LimitSpec<'_>],
         shard_of: &[usize],
         locked: &mut [(usize, G)],
-    ) -> Result<Vec<ReservedLimit>, Exhausted> {
+    ) -> Result<Entries, Exhausted> {
         fn find<G: DerefMut<Target = Shard>>(
             locked: &mut [(usize, G)],
             s: usize,
@@ -190,7 +189,7 @@ impl<C: Clock> LocalQuota<C> {
         }
         // Read under the locks, so that every reservation sees time move forward with the counts.
         let now_ms = self.clock.now_unix_ms();
-        let mut entries: Vec<ReservedLimit> = Vec::with_capacity(limits.len());
+        let mut entries = Entries::with_capacity(limits.len());
         for (index, (spec, &s)) in limits.iter().zip(shard_of).enumerate() {
             let taken = match find(locked, s) {
                 Some(shard) => take(shard, spec, now_ms, index, s),
@@ -205,7 +204,10 @@ impl<C: Clock> LocalQuota<C> {
                 Ok(entry) => entries.push(entry),
                 Err(exhausted) => {
                     for entry in entries.iter().rev() {
-                        if let Some(shard) = find(locked, entry.shard) {
+                        let Origin::Local { shard: s, .. } = entry.origin else {
+                            continue;
+                        };
+                        if let Some(shard) = find(locked, s) {
                             give_back(shard, entry);
                         }
                     }
@@ -285,17 +287,22 @@ fn take(
             .or_insert(Counters { key, slots })
     };
     Ok(ReservedLimit {
-        key: counters.key.clone(),
+        origin: Origin::Local {
+            key: counters.key.clone(),
+            shard: shard_index,
+        },
         window: spec.window,
         window_id: WindowId(counters.slots[w].window),
         cost: spec.cost,
-        shard: shard_index,
     })
 }
 
 /// Gives `entry`'s tokens back if its window is still the one its slot counts.
 fn give_back(shard: &mut Shard, entry: &ReservedLimit) {
-    if let Some(c) = shard.keys.get_mut(&*entry.key) {
+    let Origin::Local { key, .. } = &entry.origin else {
+        return;
+    };
+    if let Some(c) = shard.keys.get_mut(&**key) {
         let slot = &mut c.slots[entry.window.index()];
         if slot.window == entry.window_id.0 {
             slot.used = slot.used.saturating_sub(entry.cost);
@@ -352,7 +359,9 @@ impl<C: Clock> Quota for LocalQuota<C> {
             return;
         }
         for entry in &reservation.entries {
-            give_back(&mut self.shards[entry.shard].0.lock(), entry);
+            if let Origin::Local { shard, .. } = entry.origin {
+                give_back(&mut self.shards[shard].0.lock(), entry);
+            }
         }
     }
 }

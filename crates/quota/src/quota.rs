@@ -1,9 +1,26 @@
 //! The [`Quota`] interface and the values that cross it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use smallvec::SmallVec;
+
+use crate::pool::SlotHandle;
 use crate::window::{Window, WindowId};
+
+static NEXT_ISSUER: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id for a quota, so that it can recognise the reservations it issued.
+pub(crate) fn next_issuer() -> u64 {
+    NEXT_ISSUER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Limits per reservation kept inline (no heap allocation): the seed's calls carry two.
+pub(crate) const INLINE_ENTRIES: usize = 2;
+
+/// The entries of a reservation, inline up to [`INLINE_ENTRIES`].
+pub(crate) type Entries = SmallVec<[ReservedLimit; INLINE_ENTRIES]>;
 
 /// One limit a call must fit in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +57,29 @@ impl<'a> LimitSpec<'a> {
 ///
 /// Implementations must never admit more than `max` tokens per (key, window) in total, whatever the
 /// concurrency.
+///
+/// # Two ways to reserve
+///
+/// [`Quota::reserve`] answers yes or no. That is all an implementation that holds its whole budget
+/// can say ([`LocalQuota`](crate::LocalQuota)). An implementation that holds only part of the
+/// budget (the [`LeasePool`](crate::LeasePool), which spends leases cut by the quota leader) has a
+/// third answer: "I hold no tokens for this limit right now, but the leader may still have some".
+/// [`Quota::try_reserve`] carries it as [`QuotaError::NeedsLease`]; the caller asks the leader
+/// synchronously (one round trip) and calls `try_reserve` again. Through plain `reserve` the same
+/// case fails closed as [`Exhausted`] with a zero `retry_after`, so a caller that never learnt
+/// about leases stays exact (it under-admits, never over-admits). `try_reserve` has a default that
+/// maps `reserve`'s answer, so existing implementations need not change.
 pub trait Quota: Send + Sync {
     /// Reserve every limit atomically: either all are taken or none is.
     ///
     /// On failure, [`Exhausted::index`] names the first limit (in slice order) that had no room.
     fn reserve(&self, limits: &[LimitSpec<'_>]) -> Result<Reservation, Exhausted>;
+
+    /// Like [`Quota::reserve`], but tells "exhausted" apart from "ask the quota leader first"
+    /// ([`QuotaError::NeedsLease`]). Nothing is taken on any error.
+    fn try_reserve(&self, limits: &[LimitSpec<'_>]) -> Result<Reservation, QuotaError> {
+        self.reserve(limits).map_err(QuotaError::Exhausted)
+    }
 
     /// The call went through: keep what was reserved.
     fn commit(&self, reservation: Reservation);
@@ -57,6 +92,9 @@ pub trait Quota: Send + Sync {
 impl<Q: Quota + ?Sized> Quota for Arc<Q> {
     fn reserve(&self, limits: &[LimitSpec<'_>]) -> Result<Reservation, Exhausted> {
         (**self).reserve(limits)
+    }
+    fn try_reserve(&self, limits: &[LimitSpec<'_>]) -> Result<Reservation, QuotaError> {
+        (**self).try_reserve(limits)
     }
     fn commit(&self, reservation: Reservation) {
         (**self).commit(reservation);
@@ -90,6 +128,43 @@ impl Exhausted {
     }
 }
 
+/// Why [`Quota::try_reserve`] took nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    /// A limit has no room left in its window; deny the call.
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+    /// The node holds no tokens for a limit and does not know that its window is spent: ask the
+    /// quota leader for a lease (synchronously, one round trip) and try again. In exact mode every
+    /// call takes this path.
+    #[error("limit {index} needs a lease from the quota leader")]
+    NeedsLease {
+        /// Index, in the slice given to [`Quota::try_reserve`], of the limit without tokens.
+        index: usize,
+    },
+}
+
+impl QuotaError {
+    /// Index of the limit the error is about.
+    pub fn index(&self) -> usize {
+        match self {
+            QuotaError::Exhausted(e) => e.index,
+            QuotaError::NeedsLease { index } => *index,
+        }
+    }
+
+    /// The answer plain [`Quota::reserve`] gives: a missing lease fails closed, with no wait.
+    pub fn into_exhausted(self) -> Exhausted {
+        match self {
+            QuotaError::Exhausted(e) => e,
+            QuotaError::NeedsLease { index } => Exhausted {
+                index,
+                retry_after: Duration::ZERO,
+            },
+        }
+    }
+}
+
 /// Tokens taken by a successful [`Quota::reserve`], to be settled with [`Quota::commit`] or
 /// [`Quota::rollback`] on the quota that issued it.
 ///
@@ -99,7 +174,7 @@ impl Exhausted {
 #[derive(Debug)]
 pub struct Reservation {
     pub(crate) issuer: u64,
-    pub(crate) entries: Vec<ReservedLimit>,
+    pub(crate) entries: Entries,
 }
 
 impl Reservation {
@@ -112,17 +187,32 @@ impl Reservation {
 /// One limit inside a [`Reservation`]: the window it was counted in and the tokens taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReservedLimit {
-    pub(crate) key: Arc<str>,
+    pub(crate) origin: Origin,
     pub(crate) window: Window,
     pub(crate) window_id: WindowId,
     pub(crate) cost: u64,
-    pub(crate) shard: usize,
+}
+
+/// Where the tokens of a [`ReservedLimit`] came from, so they can be given back there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A [`LocalQuota`](crate::LocalQuota) counter.
+    Local { key: Arc<str>, shard: usize },
+    /// A lease of a [`LeasePool`](crate::LeasePool) slot; `generation` names the lease that was
+    /// current in the slot when the tokens were taken. `None` for a zero cost (nothing taken).
+    Lease {
+        slot: SlotHandle,
+        generation: Option<u32>,
+    },
 }
 
 impl ReservedLimit {
     /// The counter key.
     pub fn key(&self) -> &str {
-        &self.key
+        match &self.origin {
+            Origin::Local { key, .. } => key,
+            Origin::Lease { slot, .. } => slot.key(),
+        }
     }
     /// The window kind.
     pub fn window(&self) -> Window {
