@@ -31,6 +31,7 @@ mod auth;
 pub mod convert;
 mod error;
 mod gateways;
+pub mod quota;
 mod server;
 pub mod watch;
 
@@ -38,6 +39,7 @@ pub use admin::AdminServiceImpl;
 pub use auth::AdminToken;
 pub use error::ControlError;
 pub use gateways::GatewayRegistry;
+pub use quota::{QuotaOptions, QuotaServiceImpl};
 pub use server::{ControlNode, ControlOptions, ControlStartError};
 pub use watch::ConfigServiceImpl;
 

@@ -1,9 +1,10 @@
 //! One control node as a process runs it: the Raft node on its peer port and the public gRPC API
-//! (`AdminService` + `ConfigService`) on its API port.
+//! (`AdminService` + `ConfigService` + `QuotaService`) on its API port.
 //!
 //! ```text
 //!   raft listener ──▶ RaftNode (peer RPC, storage under data_dir)
-//!   api listener  ──▶ tonic Server { AdminService (admin token), ConfigService (no token) }
+//!   api listener  ──▶ tonic Server { AdminService (admin token), ConfigService (no token),
+//!                                    QuotaService (sessions on the leader; Show: admin token) }
 //! ```
 //!
 //! Both listeners are bound by the caller (port 0 in tests), so the addresses put in the member
@@ -22,7 +23,10 @@ use tollgate_telemetry::Metrics;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
-use crate::{AdminServiceImpl, AdminToken, ConfigServiceImpl, GatewayRegistry};
+use crate::{
+    AdminServiceImpl, AdminToken, ConfigServiceImpl, GatewayRegistry, QuotaOptions,
+    QuotaServiceImpl,
+};
 
 /// How long [`ControlNode::shutdown`] lets the API server drain open streams.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
@@ -67,6 +71,7 @@ pub struct ControlNode {
     gateways: GatewayRegistry,
     admin: AdminServiceImpl,
     config: ConfigServiceImpl,
+    quota: QuotaServiceImpl,
     stop_api: oneshot::Sender<()>,
     api: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -96,6 +101,8 @@ impl ControlNode {
                 .map_err(|e| ControlStartError::Node(Box::new(e)))?,
         );
         let gateways = GatewayRegistry::default();
+        let quota =
+            QuotaServiceImpl::new(node.clone(), admin_token.clone(), QuotaOptions::default());
         let admin = AdminServiceImpl::new(node.clone(), admin_token, gateways.clone());
         let config = ConfigServiceImpl::new(&node, gateways.clone());
         let (stop_api, stopped) = oneshot::channel::<()>();
@@ -103,6 +110,7 @@ impl ControlNode {
             tonic::transport::Server::builder()
                 .add_service(admin.clone().into_server())
                 .add_service(config.clone().into_server())
+                .add_service(quota.clone().into_server())
                 .serve_with_incoming_shutdown(incoming(api_listener), async {
                     let _ = stopped.await;
                 }),
@@ -114,6 +122,7 @@ impl ControlNode {
             gateways,
             admin,
             config,
+            quota,
             stop_api,
             api,
         })
@@ -210,6 +219,7 @@ impl ControlNode {
         }
         drop(self.admin);
         drop(self.config);
+        drop(self.quota);
         match Arc::try_unwrap(self.node) {
             Ok(node) => {
                 if let Err(error) = node.shutdown().await {
