@@ -15,6 +15,7 @@ pub mod follow;
 mod gateway;
 mod handler;
 mod list;
+pub mod quota_agent;
 pub mod upstream;
 
 pub use gateway::{ReloadReport, RunningGateway, StartError, start, start_following, start_with};

@@ -1,0 +1,336 @@
+//! The gateway's quota agent against real 1- and 3-node control clusters (`ControlNode`, loopback
+//! listeners bound to port 0): two agents (two pools, two gateway ids) hammer the same limit from
+//! several tasks each, and the sum of what they admitted per window never exceeds the limit.
+//!
+//! Every wait is on a condition with a timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use std::sync::Mutex;
+use tokio::net::TcpListener;
+use tollgate_control::{AdminToken, ControlNode, ControlOptions};
+use tollgate_gateway::quota_agent::{AcquireError, QuotaAgent, QuotaAgentOptions};
+use tollgate_quota::{LeasePool, LimitSpec, PoolConfig, Quota as _, Window};
+use tollgate_raft::{NodeId, PeerNode};
+use tollgate_testkit::wait_for;
+use tracing::info;
+
+const WAIT: Duration = Duration::from_secs(15);
+const WORKERS: usize = 4;
+
+async fn start_cluster(n: u64) -> (Vec<ControlNode>, Vec<tempfile::TempDir>) {
+    let mut listeners = Vec::new();
+    let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
+    for id in 1..=n {
+        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        members.push((
+            id,
+            PeerNode {
+                raft_addr: raft.local_addr().unwrap().to_string(),
+                api_addr: api.local_addr().unwrap().to_string(),
+            },
+        ));
+        listeners.push((id, raft, api));
+    }
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for (id, raft_listener, api_listener) in listeners {
+        let dir = tempfile::tempdir().unwrap();
+        nodes.push(
+            ControlNode::start(ControlOptions {
+                id,
+                data_dir: dir.path().to_path_buf(),
+                raft_listener,
+                api_listener,
+                members: members.clone(),
+                admin_token: AdminToken::new("admin-secret").unwrap(),
+            })
+            .await
+            .unwrap(),
+        );
+        dirs.push(dir);
+    }
+    for node in &nodes {
+        node.node()
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.current_leader.is_some() && m.last_applied.is_some(),
+                "a leader is known and its first entry applied",
+            )
+            .await
+            .unwrap();
+    }
+    (nodes, dirs)
+}
+
+fn leader_index(nodes: &[ControlNode]) -> usize {
+    let (leader, _) = nodes[0].node().leader().unwrap();
+    nodes.iter().position(|c| c.node().id() == leader).unwrap()
+}
+
+fn endpoints(nodes: &[ControlNode]) -> Vec<String> {
+    nodes.iter().map(|n| n.api_addr().to_string()).collect()
+}
+
+fn agent(endpoints: Vec<String>, id: &str) -> Arc<QuotaAgent> {
+    let pool = Arc::new(LeasePool::new(PoolConfig::default()));
+    let (agent, _task) =
+        QuotaAgent::start(pool, endpoints, id.into(), QuotaAgentOptions::default());
+    agent
+}
+
+/// Calls admitted per window id, over every agent.
+#[derive(Default)]
+struct Tally {
+    per_window: Mutex<HashMap<u64, u64>>,
+    admitted: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Tally {
+    fn total(&self) -> u64 {
+        self.admitted.load(Ordering::SeqCst)
+    }
+
+    fn windows(&self) -> HashMap<u64, u64> {
+        self.per_window.lock().unwrap().clone()
+    }
+}
+
+/// Acquires one token at a time until the window is spent or `until`; `pace` simulates the time a
+/// call takes. Stops early when the tally says so. Returns whether it saw the window exhausted.
+async fn hammer(
+    agent: Arc<QuotaAgent>,
+    key: &'static str,
+    max: u64,
+    tally: Arc<Tally>,
+    until: Instant,
+    pace: Option<Duration>,
+) -> bool {
+    while Instant::now() < until && !tally.stop.load(Ordering::SeqCst) {
+        match agent
+            .acquire(&[LimitSpec::new(key, Window::Minute, max)])
+            .await
+        {
+            Ok(reservation) => {
+                let window = reservation.limits()[0].window_id().0;
+                *tally.per_window.lock().unwrap().entry(window).or_default() += 1;
+                tally.admitted.fetch_add(1, Ordering::SeqCst);
+                agent.pool().commit(reservation);
+                if let Some(pace) = pace {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            Err(AcquireError::Exhausted(_)) => return true,
+            Err(AcquireError::Unavailable { .. }) => {}
+        }
+    }
+    false
+}
+
+fn spawn_workers(
+    agents: &[Arc<QuotaAgent>],
+    key: &'static str,
+    max: u64,
+    tally: &Arc<Tally>,
+    until: Instant,
+    pace: Option<Duration>,
+) -> Vec<tokio::task::JoinHandle<bool>> {
+    let mut tasks = Vec::new();
+    for agent in agents {
+        for _ in 0..WORKERS {
+            tasks.push(tokio::spawn(hammer(
+                agent.clone(),
+                key,
+                max,
+                tally.clone(),
+                until,
+                pace,
+            )));
+        }
+    }
+    tasks
+}
+
+async fn wait_connected(agents: &[Arc<QuotaAgent>]) {
+    wait_for(WAIT, || agents.iter().all(|a| a.is_connected()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_never_admit_more_than_the_limit_and_reach_it() {
+    tollgate_tests::init_tracing();
+    let (nodes, _dirs) = start_cluster(1).await;
+    let key = "grant:g/agent-one-node";
+    let max = 200;
+    let agents = [
+        agent(endpoints(&nodes), "gw-a"),
+        agent(endpoints(&nodes), "gw-b"),
+    ];
+    wait_connected(&agents).await;
+
+    info!(
+        "--- hammer the limit from {} tasks on two gateways",
+        2 * WORKERS
+    );
+    let tally = Arc::new(Tally::default());
+    let until = Instant::now() + Duration::from_secs(20);
+    let tasks = spawn_workers(&agents, key, max, &tally, until, None);
+    for task in tasks {
+        assert!(
+            task.await.unwrap(),
+            "every worker ends on an exhausted window"
+        );
+    }
+    let windows = tally.windows();
+    info!(?windows, "admitted per window");
+    assert!(
+        windows.values().all(|&n| n <= max),
+        "over the limit: {windows:?}"
+    );
+    let best = windows.values().copied().max().unwrap_or(0);
+    assert!(best >= 190, "only {best} of {max} admitted: {windows:?}");
+
+    info!("--- a spent window is refused at once on both gateways");
+    for agent in &agents {
+        let started = Instant::now();
+        let answer = agent
+            .acquire(&[LimitSpec::new(key, Window::Minute, max)])
+            .await;
+        assert!(
+            matches!(answer, Err(AcquireError::Exhausted(_))),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(50));
+        let stats = agent.stats();
+        info!(?stats, "agent counters");
+        assert!(stats.leases_installed > 0);
+        assert!(stats.exhausted_refusals > 0);
+    }
+    for agent in &agents {
+        agent.shutdown();
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_follow_a_new_leader_and_still_never_admit_more_than_the_limit() {
+    tollgate_tests::init_tracing();
+    let (mut nodes, _dirs) = start_cluster(3).await;
+    let key = "grant:g/agent-failover";
+    // Large enough that the run outlasts the failover (shutting the leader down takes seconds).
+    let max = 20_000;
+    let agents = [
+        agent(endpoints(&nodes), "gw-a"),
+        agent(endpoints(&nodes), "gw-b"),
+    ];
+    wait_connected(&agents).await;
+
+    info!("--- hammer at a paced rate");
+    let tally = Arc::new(Tally::default());
+    let until = Instant::now() + Duration::from_secs(30);
+    let tasks = spawn_workers(
+        &agents,
+        key,
+        max,
+        &tally,
+        until,
+        Some(Duration::from_millis(5)),
+    );
+    wait_for(WAIT, || tally.total() >= 300).await.unwrap();
+
+    info!("--- shut the leader down mid-run");
+    let old = nodes.remove(leader_index(&nodes));
+    let old_term = old.node().metrics().borrow().current_term;
+    old.shutdown().await;
+    let at_kill = tally.total();
+    let installed: Vec<u64> = agents.iter().map(|a| a.stats().leases_installed).collect();
+    for node in &nodes {
+        node.node()
+            .raft()
+            .wait(Some(WAIT))
+            .metrics(
+                |m| m.current_term > old_term && m.current_leader.is_some(),
+                "a new leader is elected",
+            )
+            .await
+            .unwrap();
+    }
+
+    info!("--- both gateways get leases from the new leader and keep admitting");
+    wait_for(WAIT, || {
+        agents
+            .iter()
+            .zip(&installed)
+            .all(|(a, &before)| a.stats().leases_installed > before && a.stats().reconnects > 0)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let stats: Vec<_> = agents.iter().map(|a| a.stats()).collect();
+        panic!(
+            "{e}: {stats:?}, admitted {} ({at_kill} at the kill)",
+            tally.total()
+        )
+    });
+    let after_new_leases = tally.total();
+    wait_for(WAIT, || tally.total() > after_new_leases)
+        .await
+        .unwrap();
+    tally.stop.store(true, Ordering::SeqCst);
+
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let windows = tally.windows();
+    let total = tally.total();
+    info!(
+        ?windows,
+        total, at_kill, "admitted per window (the old term's unleased chunk stays spent)"
+    );
+    assert!(
+        windows.values().all(|&n| n <= max),
+        "over the limit: {windows:?}"
+    );
+    assert!(total > at_kill);
+    for agent in &agents {
+        info!(stats = ?agent.stats(), "agent counters");
+        agent.shutdown();
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_a_reachable_control_node_is_unavailable_within_the_timeout() {
+    tollgate_tests::init_tracing();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let agent = agent(vec![address], "gw-alone");
+    let timeout = Duration::from_millis(50);
+    let started = Instant::now();
+    let answer = agent
+        .acquire_within(
+            &[LimitSpec::new("grant:g/alone", Window::Minute, 10)],
+            timeout,
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(answer.unwrap_err(), AcquireError::Unavailable { index: 0 });
+    assert!(took >= timeout, "answered before the timeout: {took:?}");
+    assert!(took < timeout + Duration::from_millis(250), "took {took:?}");
+    assert!(!agent.is_connected());
+    assert_eq!(agent.stats().unavailable, 1);
+    assert_eq!(agent.stats().sessions_opened, 0);
+    agent.shutdown();
+}
