@@ -69,6 +69,9 @@ enum Command {
     /// Inspect and change the control plane's membership.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Inspect cluster-wide rate-limit counters.
+    #[command(subcommand)]
+    Quota(commands::quota::QuotaCommand),
 }
 
 /// Parses the command line and runs the command.
@@ -82,5 +85,6 @@ pub fn run() -> ExitCode {
         Command::Grant(command) => commands::grant::run(command),
         Command::Upstream(command) => commands::upstream::run(command),
         Command::Cluster(command) => commands::cluster::run(command),
+        Command::Quota(command) => commands::quota::run(command),
     }
 }

@@ -647,3 +647,74 @@ async fn a_write_waits_out_the_election_after_the_leader_stops() {
 
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_show_reports_a_key_leased_through_a_session() {
+    use tollgate_proto::v1::quota_service_client::QuotaServiceClient;
+    use tollgate_proto::v1::{QuotaDemand, QuotaHello, QuotaUp, QuotaWindow};
+    let cluster = Cluster::start().await;
+    let leader = cluster
+        .nodes
+        .iter()
+        .find(|n| n.node().id() == cluster.leader)
+        .unwrap()
+        .api_addr();
+    let key = "grant:g_cli/run-rerun_rate";
+
+    info!("--- a gateway session leases 4 tokens of a 10-per-minute key");
+    let mut quota = QuotaServiceClient::connect(format!("http://{leader}"))
+        .await
+        .unwrap();
+    let (up, rx) = tokio::sync::mpsc::channel(4);
+    up.send(QuotaUp {
+        hello: Some(QuotaHello {
+            gateway_id: "gw-cli".into(),
+            epoch: 1,
+        }),
+        seq: 1,
+        demands: vec![QuotaDemand {
+            demand_id: 1,
+            key: key.into(),
+            window: QuotaWindow::Minute as i32,
+            max: 10,
+            want: 4,
+            sync: true,
+        }],
+        reports: vec![],
+    })
+    .await
+    .unwrap();
+    let mut down = quota
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Acknowledgements may come first; wait for the message that answers the demand.
+    let answer = tokio::time::timeout(WAIT, async {
+        loop {
+            let message = down.message().await.unwrap().unwrap();
+            if !message.leases.is_empty() || !message.refusals.is_empty() {
+                return message;
+            }
+        }
+    })
+    .await
+    .expect("the demand is answered");
+    let leased: u64 = answer.leases.iter().map(|l| l.tokens).sum();
+    assert!((1..=4).contains(&leased), "{answer:?}");
+
+    info!("--- tollgate quota show, on the leader, names the limit and what is leased");
+    let shown = assert_ok(&tollgate(&leader.to_string(), &["quota", "show", key, "--json"]).await);
+    let value: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let window = &value["windows"][0];
+    assert_eq!(window["window"], "minute", "{value}");
+    assert_eq!(window["max"], 10, "{value}");
+    assert_eq!(window["leased"], leased, "{value}");
+    assert!(window["outstanding"].as_u64().unwrap() >= leased, "{value}");
+    let text = assert_ok(&tollgate(&leader.to_string(), &["quota", "show", key]).await);
+    assert!(text.starts_with(key) && text.contains("LEASED"), "{text}");
+    let unknown = assert_ok(&tollgate(&leader.to_string(), &["quota", "show", "nope"]).await);
+    assert!(unknown.contains("no live window"), "{unknown}");
+    drop(up);
+    cluster.shutdown().await;
+}

@@ -317,6 +317,21 @@ impl AdminClient {
         F: Fn(Admin) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_with(kind, AdminServiceClient::new, f).await
+    }
+
+    /// [`AdminClient::call`] for another service of the control API (the same token, routing and
+    /// retries): `make` builds its client from the authenticated channel.
+    pub async fn call_with<C, T, F, Fut>(
+        &self,
+        kind: CallKind,
+        make: impl Fn(InterceptedService<Channel, Bearer>) -> C,
+        f: F,
+    ) -> Result<T, AdminError>
+    where
+        F: Fn(C) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let deadline = Instant::now() + self.timeout;
         let timed_out = |last: String| AdminError::Timeout {
             secs: self.timeout.as_secs(),
@@ -337,7 +352,7 @@ impl AdminClient {
                     route.connect_failed(&addr, &error)?
                 }
                 Ok(Ok(channel)) => {
-                    let client = AdminServiceClient::with_interceptor(channel, self.bearer.clone());
+                    let client = make(InterceptedService::new(channel, self.bearer.clone()));
                     let status = match tokio::time::timeout(remaining, f(client)).await {
                         Err(_) => return Err(timed_out(format!("waiting for {addr} to answer"))),
                         Ok(Ok(response)) => return Ok(response.into_inner()),

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod grant;
 pub mod output;
 pub mod policy;
+pub mod quota;
 pub mod serve;
 pub mod token;
 pub mod upstream;
