@@ -208,7 +208,7 @@ async fn snapshots_and_changes_apply_whole_and_decisions_carry_the_cluster_versi
         ))
         .unwrap();
     let allowed = echo(&gateway, "up", TOKEN).await;
-    assert_ne!(allowed.json()["result"]["isError"], true, "{allowed:?}");
+    assert_answered(&allowed);
     assert_eq!(upstream.stats().calls("echo"), 1);
 
     info!("--- a revoked grant is refused by the very next request");
@@ -246,7 +246,7 @@ async fn snapshots_and_changes_apply_whole_and_decisions_carry_the_cluster_versi
         ))
         .unwrap();
     let back = echo(&gateway, "up", other).await;
-    assert_ne!(back.json()["result"]["isError"], true, "{back:?}");
+    assert_answered(&back);
     assert_eq!(gateway.revision(), 11);
     gateway.shutdown().await;
     upstream.shutdown().await;
@@ -322,7 +322,7 @@ async fn refused_events_change_nothing() {
 
     assert_eq!(gateway.revision(), 5);
     let still = echo(&gateway, "up", TOKEN).await;
-    assert_ne!(still.json()["result"]["isError"], true, "{still:?}");
+    assert_answered(&still);
     gateway.shutdown().await;
     upstream.shutdown().await;
 }
@@ -353,7 +353,7 @@ async fn a_policy_that_does_not_compile_here_fails_closed_and_the_rest_applies()
     let denied = echo(&gateway, "up", TOKEN).await;
     assert_eq!(denied.json()["result"]["isError"], true, "{denied:?}");
     let fine = echo(&gateway, "up", "fine-token-0123456789").await;
-    assert_ne!(fine.json()["result"]["isError"], true, "{fine:?}");
+    assert_answered(&fine);
     assert_eq!(upstream.stats().calls("echo"), 1);
     gateway.shutdown().await;
     upstream.shutdown().await;
@@ -415,11 +415,7 @@ async fn the_follower_keeps_serving_through_a_lost_stream_and_resumes_from_its_r
         .expect("the follower keeps trying to reconnect");
     assert_eq!(gateway.revision(), 3);
     let during = echo(&gateway, "up", TOKEN).await;
-    assert_ne!(
-        during.json()["result"]["isError"],
-        true,
-        "last good configuration serves: {during:?}"
-    );
+    assert_answered(&during);
 
     info!("--- the control plane comes back: the follower resumes from revision 3");
     connector.streams.lock().unwrap().push_back(vec![Ok(changes(
@@ -503,7 +499,7 @@ async fn revoking_a_grant_ends_its_open_streams_too() {
         "nothing ended the other grant's stream"
     );
     let call = echo(&gateway, "up", other).await;
-    assert_ne!(call.json()["result"]["isError"], true, "{call:?}");
+    assert_answered(&call);
     drop((revoked, kept));
     gateway.shutdown().await;
     upstream.shutdown().await;
@@ -516,4 +512,14 @@ async fn ends_within(response: &mut reqwest::Response, limit: Duration) -> bool 
     })
     .await
     .is_ok()
+}
+
+/// The upstream answered the call: HTTP 200, a result with content, not a refusal. (Checking only
+/// `isError != true` would also pass on a 401 or a JSON-RPC error, where the field is absent.)
+#[track_caller]
+fn assert_answered(reply: &tollgate_tests::RawReply) {
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let result = &reply.json()["result"];
+    assert!(result["content"].is_array(), "{reply:?}");
+    assert_ne!(result["isError"], true, "{reply:?}");
 }

@@ -435,10 +435,14 @@ async fn the_whole_cluster_restarts_from_disk_with_everything() {
     fixture.wait_converged(leader).await;
     stop.store(true, Ordering::SeqCst);
     watcher.await.unwrap();
+    let lowest = lowest.load(Ordering::SeqCst);
     info!(
         before = revision,
-        lowest = lowest.load(Ordering::SeqCst),
-        "the gateway's revision while the control plane restarted"
+        lowest, "the gateway's revision while the control plane restarted"
+    );
+    assert_eq!(
+        lowest, revision,
+        "the gateway never went back to an older configuration"
     );
     let pushed = put_policy(&admin, "p1", &deny_echo_policy(4)).await;
     assert_eq!(pushed.version, 4);

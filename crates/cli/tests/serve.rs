@@ -131,6 +131,7 @@ async fn sighup_reloads_policies_and_sigterm_stops_cleanly() {
     .expect("the reload is refused");
     assert!(log_has("/tolls"), "the refusal names the bad field");
     let still = call_echo(&url).await;
+    assert!(still["result"]["content"].is_array(), "{still}");
     assert_ne!(still["result"]["isError"], true, "{still}");
 
     // SIGTERM: a clean stop with exit code 0.

@@ -114,10 +114,9 @@ async fn peer_gateways(
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 ) -> Vec<tollgate_proto::v1::GatewayStatus> {
     let ask = async {
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{api_addr}"))
+        let endpoint = tollgate_proto::control_endpoint(&api_addr)
             .ok()?
-            .connect_timeout(PEER_STATUS_TIMEOUT)
-            .tcp_nodelay(true);
+            .connect_timeout(PEER_STATUS_TIMEOUT);
         let channel = endpoint.connect().await.ok()?;
         let mut request = Request::new(ClusterStatusRequest { local_only: true });
         request

@@ -195,10 +195,28 @@ impl Inner {
         if message.reports.len() * 2 >= 1 << POSITION_BITS {
             return Err(Status::invalid_argument("too many reports in one message"));
         }
+        // Check the whole message before the book changes: a bad window or a report from a term
+        // this node has not reached refuses the message as a whole, and nothing is half-applied.
+        for window in message
+            .reports
+            .iter()
+            .map(|r| r.window)
+            .chain(message.demands.iter().map(|d| d.window))
+        {
+            ledger_window(window)?;
+        }
         let now_ms = self.now_ms();
         let rules = self.rules();
         let mut book = self.book.lock();
         let term = book.term;
+        if let Some(report) = message.reports.iter().find(|r| r.term > term) {
+            // This node is behind the gateway (it led an older term): acknowledging the report
+            // would make the gateway forget it. End the session; the gateway finds the leader.
+            return Err(Status::unavailable(format!(
+                "a report from term {} is newer than this leader's term {term}",
+                report.term
+            )));
+        }
         let Some(session) = book.sessions.get(&id) else {
             return Err(Status::unavailable("the quota session ended"));
         };
@@ -211,9 +229,6 @@ impl Inner {
                 epoch,
                 seq: message.seq << POSITION_BITS | position as u64,
             };
-            if report.term > term {
-                continue;
-            }
             if report.consumed > 0 {
                 let from = source(ops.len());
                 ops.push(QuotaOp::Settle {

@@ -37,7 +37,6 @@ use tokio::sync::watch;
 use tollgate_policy::Policy;
 use tollgate_proto::v1::config_service_client::ConfigServiceClient;
 use tollgate_proto::v1::{self, ConfigEvent, WatchRequest, config_change, config_event, upstream};
-use tonic::transport::Endpoint;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{ProcessEnv, UpstreamSource, upstream_from_source};
@@ -96,15 +95,9 @@ impl WatchConnector for RemoteControl {
             }
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len();
             let addr = &self.endpoints[i];
-            let url = if addr.contains("://") {
-                addr.clone()
-            } else {
-                format!("http://{addr}")
-            };
-            let endpoint = Endpoint::from_shared(url)
+            let endpoint = tollgate_proto::control_endpoint(addr)
                 .map_err(|e| tonic::Status::invalid_argument(format!("{addr}: {e}")))?
                 .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
                 .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT)
                 .keep_alive_while_idle(true);
@@ -282,7 +275,16 @@ impl Follower {
         let mut servers: HashMap<String, Arc<Server>> =
             HashMap::with_capacity(view.upstreams.len());
         for (name, up) in &view.upstreams {
-            let config = match upstream_from_source(name, &source_of(up), &ProcessEnv) {
+            let source = source_of(up);
+            // An unchanged upstream keeps its server without re-reading its environment and
+            // TLS files.
+            if let Some(server) = current.servers.get(name)
+                && server.config.source == source
+            {
+                servers.insert(name.clone(), server.clone());
+                continue;
+            }
+            let config = match upstream_from_source(name, &source, &ProcessEnv) {
                 Ok(config) => config,
                 Err(errors) => {
                     error!(upstream = %name, %errors, "upstream cannot be used on this gateway");

@@ -184,7 +184,7 @@ fn is_visible_tool(policy: &Policy, tool: &Value) -> bool {
 /// a replayed stream, a page the gateway itself asked for.
 pub(crate) fn redact_tool_list(policy: &Policy, data: &str) -> Option<String> {
     // Cheap test first; an escaped key (`"\u0074ools"`) still gets parsed.
-    if !data.contains("tools") && !data.contains('\\') {
+    if !data.contains("tools") && !data.contains("\\u") {
         return None;
     }
     let mut message: Value = serde_json::from_str(data).ok()?;

@@ -48,7 +48,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tollgate_proto::LEADER_METADATA_KEY;
 use tollgate_proto::v1::quota_service_client::QuotaServiceClient;
 use tollgate_proto::v1::{
     QuotaDemand, QuotaDown, QuotaHello, QuotaLeaseReport, QuotaUp, QuotaWindow,
@@ -57,7 +56,7 @@ use tollgate_quota::{
     Exhausted, LeaseGrant, LeaseId, LeasePool, LeaseReport, LimitSpec, Quota as _, QuotaError,
     Reservation, SlotHandle, SlotMode, Window, WindowId,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
 mod outbox;
@@ -433,12 +432,7 @@ async fn run(agent: Arc<QuotaAgent>, endpoints: Vec<String>) {
 }
 
 async fn connect(address: &str, options: &QuotaAgentOptions) -> Option<Channel> {
-    let url = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let endpoint = match Endpoint::from_shared(url) {
+    let endpoint = match tollgate_proto::control_endpoint(address) {
         Ok(endpoint) => endpoint
             .connect_timeout(options.connect_timeout)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -459,16 +453,10 @@ async fn connect(address: &str, options: &QuotaAgentOptions) -> Option<Channel> 
 }
 
 fn ended_by(status: &tonic::Status) -> Ended {
-    if status.code() == tonic::Code::Unavailable
-        && let Some(leader) = status
-            .metadata()
-            .get(LEADER_METADATA_KEY)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-    {
-        return Ended::Redirect(leader.to_owned());
+    match tollgate_proto::named_leader(status) {
+        Some(leader) => Ended::Redirect(leader.to_owned()),
+        None => Ended::Failed,
     }
-    Ended::Failed
 }
 
 /// One session stream, until it ends.

@@ -36,6 +36,32 @@ pub const LEADER_METADATA_KEY: &str = "tollgate-leader";
 /// The request metadata key that carries the admin token, as `Bearer <token>`.
 pub const ADMIN_TOKEN_METADATA_KEY: &str = "authorization";
 
+/// A client endpoint for a control node's API address: `host:port` (plain HTTP/2) or a URL that
+/// names its scheme, with `TCP_NODELAY` (every caller sends small RPCs). Callers add their own
+/// timeouts and keepalive.
+pub fn control_endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(tonic::transport::Endpoint::from_shared(uri)?.tcp_nodelay(true))
+}
+
+/// The leader's API address a non-leader named when it refused a call with `UNAVAILABLE`
+/// ([`LEADER_METADATA_KEY`]); `None` for any other status or when no leader was known.
+pub fn named_leader(status: &tonic::Status) -> Option<&str> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA_KEY)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|leader| !leader.is_empty())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -45,6 +71,31 @@ mod tests {
     };
     use prost::Message;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_control_address_becomes_an_http_endpoint_unless_it_names_a_scheme() {
+        let plain = super::control_endpoint("10.0.0.1:7070").unwrap();
+        assert_eq!(plain.uri().to_string(), "http://10.0.0.1:7070/");
+        let https = super::control_endpoint("https://tg.example:7070").unwrap();
+        assert_eq!(https.uri().scheme_str(), Some("https"));
+        assert!(super::control_endpoint("not a uri").is_err());
+    }
+
+    #[test]
+    fn only_an_unavailable_status_names_a_leader() {
+        let mut status = tonic::Status::unavailable("not the leader");
+        assert_eq!(super::named_leader(&status), None);
+        status.metadata_mut().insert(
+            super::LEADER_METADATA_KEY,
+            " 10.0.0.2:7070 ".parse().unwrap(),
+        );
+        assert_eq!(super::named_leader(&status), Some("10.0.0.2:7070"));
+        let mut other = tonic::Status::internal("boom");
+        other
+            .metadata_mut()
+            .insert(super::LEADER_METADATA_KEY, "10.0.0.2:7070".parse().unwrap());
+        assert_eq!(super::named_leader(&other), None);
+    }
 
     fn snapshot_event() -> ConfigEvent {
         ConfigEvent {

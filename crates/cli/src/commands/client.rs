@@ -34,7 +34,7 @@ use std::time::Duration;
 use clap::Args;
 use tokio::time::Instant;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
-use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
+use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, named_leader};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -242,12 +242,7 @@ fn admin_token(args: &ControlArgs) -> Result<Bearer, AdminError> {
 
 /// `host:port` as given, or a URL when it already names a scheme.
 fn endpoint(addr: &str) -> Result<Endpoint, AdminError> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Endpoint::from_shared(uri)
+    tollgate_proto::control_endpoint(addr)
         .map_err(|e| AdminError::BadAddress(format!("{addr} is not a control address: {e}")))
 }
 
@@ -479,12 +474,7 @@ impl Route {
         match status.code() {
             Code::Unauthenticated => Err(AdminError::Unauthenticated(status.message().to_owned())),
             Code::Unavailable => {
-                let leader = status
-                    .metadata()
-                    .get(LEADER_METADATA_KEY)
-                    .and_then(|value| value.to_str().ok())
-                    .map(str::trim)
-                    .filter(|leader| !leader.is_empty() && *leader != addr);
+                let leader = named_leader(status).filter(|leader| *leader != addr);
                 match leader {
                     Some(leader) => {
                         if self.redirects >= MAX_REDIRECTS {
@@ -548,7 +538,7 @@ mod tests {
         let mut status = Status::unavailable("not the leader; retry on the leader");
         status
             .metadata_mut()
-            .insert(LEADER_METADATA_KEY, leader.parse().unwrap());
+            .insert(tollgate_proto::LEADER_METADATA_KEY, leader.parse().unwrap());
         status
     }
 

@@ -50,7 +50,7 @@ impl Session {
 pub(super) struct ChunkState {
     /// Granted to this term (committed) and neither leased out nor spent.
     pub(super) available: u64,
-    /// Leased out and not returned.
+    /// Out at gateways now: leased, and not yet reported consumed, returned or closed.
     pub(super) leased: u64,
     /// The window's limit, as of the last grant.
     pub(super) max: u64,
@@ -177,15 +177,18 @@ impl Book {
         let Some(lease) = self.leases.get_mut(&lease_id) else {
             return;
         };
-        lease.remaining = lease.remaining.saturating_sub(consumed);
+        let spent = consumed.min(lease.remaining);
+        lease.remaining -= spent;
         let back = returned.min(lease.remaining);
         lease.remaining -= back;
+        // A closed lease is no longer out: what it neither consumed nor returned is spent.
+        let gone = if closed { lease.remaining } else { 0 };
         let slot = lease.slot.clone();
         if closed {
             self.leases.remove(&lease_id);
         }
         if let Some(chunk) = self.chunks.get_mut(&slot) {
-            chunk.leased = chunk.leased.saturating_sub(back);
+            chunk.leased = chunk.leased.saturating_sub(spent + back + gone);
             chunk.available += back;
         }
     }
@@ -338,7 +341,10 @@ mod tests {
         book.report_same_term(lease.lease_id, 3, 7, true);
         book.report_same_term(lease.lease_id, 3, 7, true);
         assert_eq!(book.chunks[&slot].available, 7);
-        assert_eq!(book.chunks[&slot].leased, 3);
+        assert_eq!(
+            book.chunks[&slot].leased, 0,
+            "a closed lease is no longer out"
+        );
     }
 
     #[test]
