@@ -44,7 +44,7 @@ async fn following_gateway_with(extra: &str) -> RunningGateway {
     tollgate_gateway::start_following(
         config,
         Arc::new(Metrics::new()),
-        Arc::new(LocalQuota::new()),
+        tollgate_gateway::QuotaBackend::Local(Arc::new(LocalQuota::new())),
     )
     .await
     .unwrap()

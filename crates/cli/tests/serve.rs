@@ -146,3 +146,114 @@ async fn sighup_reloads_policies_and_sigterm_stops_cleanly() {
     .expect("the gateway stops");
     assert_eq!(status.unwrap().code(), Some(0));
 }
+
+/// Starts `tollgate serve --config FILE` and returns the guard and the gateway's `/mcp/up` URL.
+async fn start_serve(config: &std::path::Path) -> (ChildGuard, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    command
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut guard = ChildGuard::spawn(&mut command).unwrap();
+    let stdout = guard.child_mut().unwrap().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("tollgate listening") {
+                let data = rest
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("data="))
+                    .map(str::to_owned);
+                let _ = tx.send(data);
+            }
+        }
+    });
+    let data = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("the node prints its listening line")
+        .expect("the line names the data address");
+    (guard, format!("http://{data}/mcp/up"))
+}
+
+async fn stop(mut guard: ChildGuard) {
+    let pid = Pid::from_raw(i32::try_from(guard.pid()).unwrap());
+    kill(pid, Signal::SIGTERM).unwrap();
+    let child = guard.child_mut().unwrap();
+    wait_for(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some()
+    })
+    .await
+    .expect("the node stops");
+}
+
+fn current_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+}
+
+/// The single node counts limits through the same quota leader and ledger as a cluster: the
+/// limit holds exactly, and the count survives a restart of the node (it lives in the Raft log).
+#[tokio::test]
+async fn the_single_node_enforces_a_limit_through_the_ledger_and_keeps_the_count_across_a_restart()
+{
+    let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"version":"1","default":"allow","tools":{"echo":{"limits":[
+            {"counter":"echo_rate","window":"hour","max":3,"scope":"grant"}]}}}"#,
+    )
+    .unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\ndata = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             [cluster]\napi_listen = \"127.0.0.1:0\"\nraft_listen = \"127.0.0.1:0\"\n\
+             data_dir = \"{}\"\n\
+             [[upstreams]]\nname = \"up\"\nurl = \"{}\"\n\
+             [[grants]]\nlabel = \"g\"\ntoken_sha256 = \"{}\"\nserver = \"up\"\npolicy = \"policy.json\"\n",
+            dir.path().join("data").display(),
+            upstream.url,
+            hex_sha256(TOKEN)
+        ),
+    )
+    .unwrap();
+    let hour = current_hour();
+    let (guard, url) = start_serve(&config).await;
+    for n in 1..=3 {
+        let answer = call_echo(&url).await;
+        assert_ne!(answer["result"]["isError"], true, "call {n}: {answer}");
+    }
+    let limited = call_echo(&url).await;
+    assert_eq!(limited["result"]["isError"], true, "{limited}");
+    let meta = &limited["result"]["_meta"]["tollgate/decision"];
+    assert_eq!(meta["decision"], "rate_limited", "{limited}");
+    assert_eq!(meta["rule_id"], "/tools/echo/limits/echo_rate");
+    assert_eq!(
+        upstream.stats().calls("echo"),
+        3,
+        "the fourth call never left"
+    );
+
+    stop(guard).await;
+    let (guard, url) = start_serve(&config).await;
+    let after = call_echo(&url).await;
+    if current_hour() == hour {
+        assert_eq!(
+            after["result"]["_meta"]["tollgate/decision"]["decision"], "rate_limited",
+            "the count of this hour survived the restart: {after}"
+        );
+        assert_eq!(upstream.stats().calls("echo"), 3);
+    } else {
+        // The hour turned during the test: a new window, a new count.
+        assert_ne!(after["result"]["isError"], true, "{after}");
+    }
+    stop(guard).await;
+}

@@ -124,6 +124,11 @@ pub struct AuditRecord {
     pub arg_keys: Vec<String>,
     /// Quota counters touched by the call.
     pub counters: Vec<String>,
+    /// For an admitted call, the window each counter was counted in, in the order of
+    /// `counters`: the window's index since the unix epoch (`unix_ms / window length`), by the
+    /// clock of whoever counted it (the quota leader for cluster-wide limits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub counter_windows: Vec<u64>,
     /// HTTP status of the upstream's answer.
     pub upstream_status: Option<u16>,
     /// Upstream round trip in milliseconds.
@@ -161,6 +166,7 @@ impl AuditRecord {
             message: None,
             arg_keys: Vec::new(),
             counters: Vec::new(),
+            counter_windows: Vec::new(),
             upstream_status: None,
             upstream_latency_ms: None,
             seq: 0,
@@ -185,6 +191,8 @@ pub enum Decision {
     DefaultDeny,
     /// Denied because a limit was full.
     RateLimited,
+    /// Refused because the rate-limit service could not be reached and the limit fails closed.
+    LimitUnavailable,
     /// Waiting for a human approval.
     ApprovalPending,
     /// Approved by a human, then forwarded.
@@ -209,6 +217,7 @@ impl Decision {
             Decision::UnknownTool => "unknown_tool",
             Decision::DefaultDeny => "default_deny",
             Decision::RateLimited => "rate_limited",
+            Decision::LimitUnavailable => "limit_unavailable",
             Decision::ApprovalPending => "approval_pending",
             Decision::Approved => "approved",
             Decision::Rejected => "rejected",

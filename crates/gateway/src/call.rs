@@ -5,7 +5,8 @@
 //!     ├─ UnknownTool ─▶ JSON-RPC -32602 "Unknown tool" (hidden and unknown alike)
 //!     ├─ (modern) Mcp-Param-* headers ≠ x-mcp-header arguments ─▶ 400, -32020
 //!     ├─ Deny        ─▶ isError result, `_meta["tollgate/decision"]`
-//!     └─ Allow       ─▶ quota.reserve(all limits) ─ full ─▶ isError result with retry_after
+//!     └─ Allow       ─▶ limiter.acquire(all limits) ─ full ─▶ isError result with retry_after
+//!                              │ no lease, leader unreachable, fail closed ─▶ isError result
 //!                              │ reserved
 //!                              ▼
 //!                      forward ─▶ Settlement: JSON-RPC error / input_required / not sent ─▶ rollback
@@ -26,8 +27,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 use tollgate_mcp::era::Era;
 use tollgate_mcp::jsonrpc::{Frame, RequestId, codes, error_response, result_response};
-use tollgate_policy::{CallInput, Decision, Denial, DenyKind, Limit, Scope};
-use tollgate_quota::{LimitSpec, Quota, Reservation, Window as QuotaWindow};
+use tollgate_policy::{CallInput, Decision, Denial, DenyKind, Limit};
 use tollgate_telemetry::semconv;
 
 use tollgate_mcp::headers::check_param_headers;
@@ -36,6 +36,7 @@ use crate::audit::{AuditRecord, Decision as AuditDecision};
 use crate::catalog::CatalogEntry;
 use crate::error::ProxyError;
 use crate::handler::{InternalError, RequestCtx, json_response, sse_response};
+use crate::limits::{CallLimit, Held, Refused};
 use crate::upstream::{MessageKind, ReplyBody, SseStream};
 
 /// Key under a denial result's `_meta` that carries the machine-readable decision.
@@ -116,37 +117,36 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
     };
 
     // Reserve every limit at once.
-    let keys: Vec<String> = limits.iter().map(|l| counter_key(ctx, l)).collect();
-    let specs: Vec<LimitSpec<'_>> = limits
+    let session = ctx.session_tag.as_deref();
+    let call_limits: Vec<CallLimit> = limits
         .iter()
-        .zip(&keys)
-        .map(|(limit, key)| LimitSpec::new(key, quota_window(limit), limit.max))
+        .map(|l| CallLimit::new(l, &ctx.grant.id, &ctx.server.name, session))
         .collect();
-    record.counters = keys.clone();
-    let reservation = if specs.is_empty() {
-        None
-    } else {
-        match ctx.shared.quota.reserve(&specs) {
-            Ok(reservation) => Some(reservation),
-            Err(exhausted) => {
-                let limit = limits
-                    .iter()
-                    .nth(exhausted.index)
-                    .ok_or_else(|| ProxyError::Internal("quota named no limit".into()))?;
-                return Ok(rate_limited(
-                    ctx,
-                    &id,
-                    record,
-                    limit,
-                    exhausted.retry_after_secs(),
-                ));
-            }
+    record.counters = call_limits.iter().map(|l| l.key.clone()).collect();
+    let reservation = match ctx.shared.limiter.acquire(&call_limits).await {
+        Ok(held) => {
+            record.counter_windows = held.windows().to_vec();
+            Some(held)
+        }
+        Err(refused) => {
+            let index = match refused {
+                Refused::Exhausted { index, .. } | Refused::Unavailable { index } => index,
+            };
+            let limit = limits
+                .iter()
+                .nth(index)
+                .ok_or_else(|| ProxyError::Internal("quota named no limit".into()))?;
+            return Ok(match refused {
+                Refused::Exhausted {
+                    retry_after_secs, ..
+                } => rate_limited(ctx, &id, record, limit, retry_after_secs),
+                Refused::Unavailable { .. } => limit_unavailable(ctx, &id, record, limit),
+            });
         }
     };
 
     ctx.span.record(semconv::TOLLGATE_DECISION, "allow");
     let mut settlement = Settlement {
-        quota: ctx.shared.quota.clone(),
         reservation,
         record: Some(record),
         audit: ctx.shared.audit.clone(),
@@ -236,22 +236,6 @@ async fn known_tool(
     Ok(catalog.lookup(tool))
 }
 
-fn counter_key(ctx: &RequestCtx, limit: &Limit) -> String {
-    match limit.scope {
-        Scope::Grant => format!("grant:{}/{}", ctx.grant.id, limit.counter),
-        // Later scopes (session, server, global) arrive with policy version 2.
-        _ => format!("{}:{}/{}", limit.scope, ctx.grant.id, limit.counter),
-    }
-}
-
-fn quota_window(limit: &Limit) -> QuotaWindow {
-    match limit.window {
-        tollgate_policy::Window::Minute => QuotaWindow::Minute,
-        tollgate_policy::Window::Hour => QuotaWindow::Hour,
-        tollgate_policy::Window::Day => QuotaWindow::Day,
-    }
-}
-
 fn finish_refusal(ctx: &RequestCtx, record: AuditRecord) {
     let decision = record.decision.as_str();
     ctx.span.record(semconv::TOLLGATE_DECISION, decision);
@@ -334,6 +318,32 @@ fn rate_limited(
     denial_result(ctx, id, &format!("[POLICY DENIED] {message}"), meta)
 }
 
+/// No lease, no answer from the quota leader, and the limit fails closed.
+fn limit_unavailable(
+    ctx: &RequestCtx,
+    id: &RequestId,
+    mut record: AuditRecord,
+    limit: &Limit,
+) -> Response {
+    let message = format!(
+        "The rate-limit service is unavailable, so this call (limited to {} per {}) was refused \
+         to keep the limit exact. Try again in a few seconds.",
+        limit.max, limit.window
+    );
+    record.decision = AuditDecision::LimitUnavailable;
+    record.rule_id = Some(limit.rule_id.clone());
+    record.message = Some(message.clone());
+    finish_refusal(ctx, record);
+    let mut meta = Map::new();
+    meta.insert(
+        "decision".into(),
+        Value::from(AuditDecision::LimitUnavailable.as_str()),
+    );
+    meta.insert("rule_id".into(), Value::from(limit.rule_id.as_str()));
+    meta.insert("retry_after".into(), Value::from(1));
+    denial_result(ctx, id, &format!("[POLICY DENIED] {message}"), meta)
+}
+
 /// How a forwarded call ended, for the quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
@@ -398,8 +408,7 @@ fn outcome_of(data: &[u8], id: &Value) -> Option<Outcome> {
 /// Settles a call's reservation and writes its audit record exactly once; a settlement dropped
 /// before the answer was seen counts the call as spent.
 struct Settlement {
-    quota: Arc<dyn Quota>,
-    reservation: Option<Reservation>,
+    reservation: Option<Held>,
     record: Option<AuditRecord>,
     audit: Option<crate::audit::AuditLog>,
     metrics: Arc<tollgate_telemetry::Metrics>,
@@ -415,12 +424,12 @@ impl Settlement {
             return;
         };
         let returned = match (self.reservation.take(), outcome) {
-            (Some(reservation), Outcome::NotSent | Outcome::InputRequired) => {
-                self.quota.rollback(reservation);
+            (Some(held), Outcome::NotSent | Outcome::InputRequired) => {
+                held.rollback();
                 "; reservation returned"
             }
-            (Some(reservation), Outcome::Completed | Outcome::Unknown) => {
-                self.quota.commit(reservation);
+            (Some(held), Outcome::Completed | Outcome::Unknown) => {
+                held.commit();
                 ""
             }
             (None, _) => "",

@@ -29,6 +29,8 @@ use tollgate_mcp::json::JsonLimits;
 use tollgate_mcp::session::SessionSealer;
 use tollgate_policy::Policy;
 use tollgate_quota::{LocalQuota, Quota};
+
+use crate::limits::{Limiter, QuotaBackend};
 use tollgate_telemetry::Metrics;
 
 use crate::audit::AuditLog;
@@ -94,7 +96,7 @@ pub(crate) struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub http_client: upstream_http::HttpClient,
     pub sealer: SessionSealer,
-    pub quota: Arc<dyn Quota>,
+    pub limiter: Limiter,
     pub audit: Option<AuditLog>,
     pub metrics: Arc<Metrics>,
     pub json_limits: JsonLimits,
@@ -159,6 +161,9 @@ impl RunningGateway {
         }
         for server in self.shared.runtime.load().servers.values() {
             server.upstream.shutdown().await;
+        }
+        if let Some(agent) = self.shared.limiter.agent() {
+            agent.shutdown();
         }
         if let Some(audit) = &self.shared.audit
             && let Err(error) = audit.flush().await
@@ -361,17 +366,20 @@ pub async fn start_with(
     metrics: Arc<Metrics>,
     quota: Arc<dyn Quota>,
 ) -> Result<RunningGateway, StartError> {
-    start_inner(config, metrics, quota, Source::File).await
+    start_inner(config, metrics, QuotaBackend::Local(quota), Source::File).await
 }
 
 /// Starts a gateway whose grants, policies and upstreams come from a control plane: it binds its
 /// listeners with no grant and no upstream, and answers `/readyz` with 503 until the first
 /// configuration arrives through [`RunningGateway::follower`]. The file's `[[upstreams]]` and
 /// `[[grants]]` are ignored here (the binary pushes them to the cluster instead).
+///
+/// Cluster-wide limits are counted by `quota`: [`QuotaBackend::Cluster`] in a real deployment
+/// (see [`crate::limits`]).
 pub async fn start_following(
     config: Config,
     metrics: Arc<Metrics>,
-    quota: Arc<dyn Quota>,
+    quota: QuotaBackend,
 ) -> Result<RunningGateway, StartError> {
     start_inner(config, metrics, quota, Source::Cluster).await
 }
@@ -379,7 +387,7 @@ pub async fn start_following(
 async fn start_inner(
     config: Config,
     metrics: Arc<Metrics>,
-    quota: Arc<dyn Quota>,
+    quota: QuotaBackend,
     source: Source,
 ) -> Result<RunningGateway, StartError> {
     let audit = match &config.audit_path {
@@ -436,7 +444,7 @@ async fn start_inner(
         runtime: ArcSwap::from_pointee(runtime),
         http_client: client,
         sealer,
-        quota,
+        limiter: Limiter::new(quota, &metrics),
         audit,
         metrics,
         json_limits,

@@ -14,8 +14,10 @@ pub mod error;
 pub mod follow;
 mod gateway;
 mod handler;
+pub mod limits;
 mod list;
 pub mod quota_agent;
 pub mod upstream;
 
 pub use gateway::{ReloadReport, RunningGateway, StartError, start, start_following, start_with};
+pub use limits::QuotaBackend;

@@ -1,5 +1,5 @@
 //! The gateway's quota agent: one `QuotaService.Session` stream to the quota leader, around a
-//! [`LeasePool`] (QUOTA.md, issue 4 part 4). Not wired into the request path yet.
+//! [`LeasePool`] (QUOTA.md). The call path reaches it through [`crate::limits::Limiter`].
 //!
 //! ```text
 //!   request path                      agent task (one per gateway process)
@@ -56,6 +56,7 @@ use tollgate_quota::{
     Exhausted, LeaseGrant, LeaseId, LeasePool, LeaseReport, LimitSpec, Quota as _, QuotaError,
     Reservation, SlotHandle, SlotMode, Window, WindowId,
 };
+use tollgate_telemetry::Metrics;
 use tonic::transport::Channel;
 use tracing::{debug, info, warn};
 
@@ -133,6 +134,8 @@ pub struct AgentStats {
     pub leases_installed: u64,
     /// Calls that found no lease and asked the leader synchronously.
     pub sync_demands: u64,
+    /// Demands sent ahead of need (refills, not synchronous).
+    pub refills: u64,
     /// Demands refused (exhausted or not).
     pub refusals: u64,
     /// Of `refusals`, those that said the window is spent.
@@ -147,6 +150,7 @@ struct Counters {
     reconnects: AtomicU64,
     leases_installed: AtomicU64,
     sync_demands: AtomicU64,
+    refills: AtomicU64,
     refusals: AtomicU64,
     exhausted_refusals: AtomicU64,
     unavailable: AtomicU64,
@@ -238,6 +242,7 @@ impl QuotaAgent {
             reconnects: get(&c.reconnects),
             leases_installed: get(&c.leases_installed),
             sync_demands: get(&c.sync_demands),
+            refills: get(&c.refills),
             refusals: get(&c.refusals),
             exhausted_refusals: get(&c.exhausted_refusals),
             unavailable: get(&c.unavailable),
@@ -315,6 +320,44 @@ impl QuotaAgent {
 
     fn wake(&self) {
         self.changed.notify_waiters();
+    }
+
+    /// Copies the agent's counters into `metrics` every second until the agent stops.
+    pub fn export_metrics(self: &Arc<Self>, metrics: Arc<Metrics>) -> JoinHandle<()> {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let mut seen = AgentStats::default();
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = agent.stop.cancelled() => return,
+                }
+                let now = agent.stats();
+                let add =
+                    |counter: &prometheus_client::metrics::counter::Counter, new: u64, old: u64| {
+                        counter.inc_by(new.saturating_sub(old));
+                    };
+                add(
+                    &metrics.quota_leases,
+                    now.leases_installed,
+                    seen.leases_installed,
+                );
+                add(&metrics.quota_refills, now.refills, seen.refills);
+                add(
+                    &metrics.quota_sync_reservations,
+                    now.sync_demands,
+                    seen.sync_demands,
+                );
+                add(&metrics.quota_refusals, now.refusals, seen.refusals);
+                add(&metrics.quota_reconnects, now.reconnects, seen.reconnects);
+                metrics
+                    .quota_session_connected
+                    .set(i64::from(agent.is_connected()));
+                seen = now;
+            }
+        })
     }
 }
 
@@ -571,6 +614,9 @@ fn send_batch(
             agent.pool.request_failed(&demand.slot);
             continue;
         };
+        if !demand.sync {
+            bump(&agent.counters.refills);
+        }
         let id = state.next_demand_id;
         state.next_demand_id += 1;
         up.demands.push(QuotaDemand {

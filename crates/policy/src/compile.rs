@@ -1,4 +1,7 @@
-//! Validation and compilation of a parsed version 1 document.
+//! Validation and compilation of a parsed version 1 document, and of the part of version 2 this
+//! build knows: everything of version 1, plus the limit fields of issue 4 (`scope` `session`,
+//! `server`, `global`; `window` `second`; `on_unavailable`). Other version 2 fields are refused
+//! as unknown, each at its own pointer, so a document never half-applies.
 //!
 //! This is a hand-written walk rather than `#[serde(deny_unknown_fields)]` structs because serde
 //! stops at the first error, and an operator fixing a policy should see every problem at once,
@@ -12,7 +15,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::condition::{CmpOp, Condition, Predicate, Test};
-use crate::{Limit, PolicyError, Scope, Window, push_token};
+use crate::{Limit, OnUnavailable, PolicyError, PolicyVersion, Scope, Window, push_token};
 
 /// Per-tool (or `all_tools`) rules, compiled.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +48,7 @@ const RULES_FIELDS: &[&str] = &["require", "deny_if", "limits"];
 const PREDICATE_FIELDS: &[&str] = &["conditions", "on_deny"];
 const CONDITION_FIELDS: &[&str] = &["path", "op", "value"];
 const LIMIT_FIELDS: &[&str] = &["counter", "window", "max", "scope"];
+const LIMIT_FIELDS_V2: &[&str] = &["counter", "window", "max", "scope", "on_unavailable"];
 const OPS: &str = "eq, neq, in, not_in, lt, lte, gt, gte, regex, contains, exists";
 
 /// Maximum length of an MCP tool name.
@@ -61,8 +65,12 @@ pub(crate) fn is_valid_tool_name(name: &str) -> bool {
 
 /// Compiles a version 1 document. Appends every problem to `errors`; the result is meaningful only
 /// if nothing was appended.
-pub(crate) fn compile_v1(doc: &Map<String, Value>, errors: &mut Vec<PolicyError>) -> CompiledV1 {
-    let mut cx = Cx { errors };
+pub(crate) fn compile_v1(
+    doc: &Map<String, Value>,
+    version: PolicyVersion,
+    errors: &mut Vec<PolicyError>,
+) -> CompiledV1 {
+    let mut cx = Cx { errors, version };
     cx.unknown_fields(doc, "", TOP_FIELDS);
 
     let default_allow = match cx.required(doc, "", "default").map(|v| (v, v.as_str())) {
@@ -126,6 +134,7 @@ pub(crate) fn compile_v1(doc: &Map<String, Value>, errors: &mut Vec<PolicyError>
 
 struct Cx<'e> {
     errors: &'e mut Vec<PolicyError>,
+    version: PolicyVersion,
 }
 
 impl Cx<'_> {
@@ -178,9 +187,15 @@ impl Cx<'_> {
     fn unknown_fields(&mut self, m: &Map<String, Value>, ptr: &str, allowed: &[&str]) {
         for key in m.keys() {
             if !allowed.contains(&key.as_str()) {
+                let what = match self.version {
+                    PolicyVersion::V1 => "unknown field",
+                    PolicyVersion::V2 => {
+                        "unknown field (or a version 2 feature this build does not support yet)"
+                    }
+                };
                 self.err(
                     push_token(ptr, key),
-                    format!("unknown field, expected one of: {}", allowed.join(", ")),
+                    format!("{what}, expected one of: {}", allowed.join(", ")),
                 );
             }
         }
@@ -411,7 +426,9 @@ impl Cx<'_> {
     }
 
     fn limit(&mut self, v: &Value, ptr: &str, list_ptr: &str) -> Option<Limit> {
-        let m = self.strict_object(v, ptr, LIMIT_FIELDS)?;
+        let v2 = self.version == PolicyVersion::V2;
+        let fields = if v2 { LIMIT_FIELDS_V2 } else { LIMIT_FIELDS };
+        let m = self.strict_object(v, ptr, fields)?;
         let counter = self.required(m, ptr, "counter").and_then(|c| {
             let cptr = format!("{ptr}/counter");
             let s = self.string(c, &cptr)?;
@@ -424,10 +441,28 @@ impl Cx<'_> {
         let window = self.required(m, ptr, "window").and_then(|w| {
             let wptr = format!("{ptr}/window");
             let parsed = Window::parse(self.string(w, &wptr)?);
-            if parsed.is_none() {
-                self.err(wptr, "window must be \"minute\", \"hour\" or \"day\"");
+            match parsed {
+                Some(Window::Second) if !v2 => {
+                    self.err(
+                        wptr,
+                        "window must be \"minute\", \"hour\" or \"day\" in policy version 1 \
+                         (\"second\" needs version \"2\")",
+                    );
+                    None
+                }
+                None if v2 => {
+                    self.err(
+                        wptr,
+                        "window must be \"second\", \"minute\", \"hour\" or \"day\"",
+                    );
+                    None
+                }
+                None => {
+                    self.err(wptr, "window must be \"minute\", \"hour\" or \"day\"");
+                    None
+                }
+                Some(w) => Some(w),
             }
-            parsed
         });
         let max = self.required(m, ptr, "max").and_then(|v| {
             let parsed = parse_max(v);
@@ -442,17 +477,46 @@ impl Cx<'_> {
         let scope = self.required(m, ptr, "scope").and_then(|s| {
             let sptr = format!("{ptr}/scope");
             let parsed = Scope::parse(self.string(s, &sptr)?);
-            if parsed.is_none() {
-                self.err(sptr, "scope must be \"grant\" in policy version 1");
+            match parsed {
+                Some(Scope::Grant) => parsed,
+                Some(_) if v2 => parsed,
+                _ if v2 => {
+                    self.err(
+                        sptr,
+                        "scope must be \"grant\", \"session\", \"server\" or \"global\"",
+                    );
+                    None
+                }
+                _ => {
+                    self.err(sptr, "scope must be \"grant\" in policy version 1");
+                    None
+                }
             }
-            parsed
         });
-        let (counter, window, max, scope) = (counter?, window?, max?, scope?);
+        let on_unavailable = match m.get("on_unavailable") {
+            None => Some(OnUnavailable::FailClosed),
+            Some(v) => {
+                let optr = format!("{ptr}/on_unavailable");
+                self.string(v, &optr).and_then(|s| {
+                    let parsed = OnUnavailable::parse(s);
+                    if parsed.is_none() {
+                        self.err(
+                            optr,
+                            "on_unavailable must be \"fail_closed\" or \"fail_open\"",
+                        );
+                    }
+                    parsed
+                })
+            }
+        };
+        let (counter, window, max, scope, on_unavailable) =
+            (counter?, window?, max?, scope?, on_unavailable?);
         Some(Limit {
             counter: counter.to_owned(),
             window,
             max,
             scope,
+            on_unavailable,
             rule_id: push_token(list_ptr, counter),
         })
     }
@@ -494,6 +558,7 @@ pub(crate) fn compile_condition(v: &Value) -> Result<Condition, Vec<PolicyError>
     let mut errors = Vec::new();
     let c = Cx {
         errors: &mut errors,
+        version: PolicyVersion::V1,
     }
     .condition(v, "");
     match c {

@@ -47,7 +47,7 @@ mod policy;
 pub use decision::{CallInput, Decision, Denial, DenyKind};
 pub use error::{PolicyError, PolicyErrors};
 pub use jcs::canonical_json;
-pub use limit::{Limit, LimitSet, Scope, Window};
+pub use limit::{Limit, LimitSet, OnUnavailable, Scope, Window};
 pub use policy::{NO_POLICY_DIGEST, Policy, PolicyVersion};
 
 /// Escapes one JSON pointer reference token (RFC 6901): `~` becomes `~0`, `/` becomes `~1`.

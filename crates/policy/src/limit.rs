@@ -17,6 +17,9 @@ pub struct Limit {
     pub max: u64,
     /// Who shares the count.
     pub scope: Scope,
+    /// What a call does when the cluster's limit service cannot be reached and the gateway holds
+    /// no tokens for this limit (version 2; version 1 always fails closed).
+    pub on_unavailable: OnUnavailable,
     /// JSON pointer naming the limit by counter, e.g. `/tools/run-rerun/limits/run-rerun_rate` or
     /// `/all_tools/limits/<counter>` (the counter is escaped as a pointer token).
     pub rule_id: String,
@@ -25,6 +28,8 @@ pub struct Limit {
 /// Length of a fixed limit window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
+    /// 1 second (version 2; meant for tests and bursts).
+    Second,
     /// 60 seconds.
     Minute,
     /// 3600 seconds.
@@ -37,15 +42,17 @@ impl Window {
     /// Length of the window in seconds.
     pub fn seconds(&self) -> u64 {
         match self {
+            Window::Second => 1,
             Window::Minute => 60,
             Window::Hour => 3_600,
             Window::Day => 86_400,
         }
     }
 
-    /// The name used in policy documents: `"minute"`, `"hour"` or `"day"`.
+    /// The name used in policy documents: `"second"`, `"minute"`, `"hour"` or `"day"`.
     pub fn as_str(&self) -> &'static str {
         match self {
+            Window::Second => "second",
             Window::Minute => "minute",
             Window::Hour => "hour",
             Window::Day => "day",
@@ -54,6 +61,7 @@ impl Window {
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
+            "second" => Some(Window::Second),
             "minute" => Some(Window::Minute),
             "hour" => Some(Window::Hour),
             "day" => Some(Window::Day),
@@ -73,8 +81,14 @@ impl fmt::Display for Window {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Scope {
-    /// One counter per grant.
+    /// One counter per grant, cluster-wide.
     Grant,
+    /// One counter per MCP session, kept by the gateway node serving the session.
+    Session,
+    /// One counter per upstream server, shared by every grant, cluster-wide.
+    Server,
+    /// One counter per counter name, shared by every grant and server, cluster-wide.
+    Global,
 }
 
 impl Scope {
@@ -82,12 +96,50 @@ impl Scope {
     pub fn as_str(&self) -> &'static str {
         match self {
             Scope::Grant => "grant",
+            Scope::Session => "session",
+            Scope::Server => "server",
+            Scope::Global => "global",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "grant" => Some(Scope::Grant),
+            "session" => Some(Scope::Session),
+            "server" => Some(Scope::Server),
+            "global" => Some(Scope::Global),
+            _ => None,
+        }
+    }
+}
+
+/// What a limited call does when the gateway holds no tokens for the limit and cannot reach the
+/// cluster's limit service (the quota leader) in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnUnavailable {
+    /// Refuse the call with an `isError` result saying the limit service is unavailable
+    /// (`"fail_closed"`, the default): the limit is never exceeded.
+    #[default]
+    FailClosed,
+    /// Admit the call if the gateway's own count for the window, kept while the service is
+    /// unreachable, is under `max` (`"fail_open"`). Bound: each gateway cut off admits at most
+    /// `max` calls per window on its own, on top of what the cluster admits.
+    FailOpen,
+}
+
+impl OnUnavailable {
+    /// The name used in policy documents.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnUnavailable::FailClosed => "fail_closed",
+            OnUnavailable::FailOpen => "fail_open",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        match s {
+            "fail_closed" => Some(OnUnavailable::FailClosed),
+            "fail_open" => Some(OnUnavailable::FailOpen),
             _ => None,
         }
     }
@@ -158,6 +210,7 @@ mod tests {
             window: Window::Minute,
             max: 1,
             scope: Scope::Grant,
+            on_unavailable: OnUnavailable::FailClosed,
             rule_id: format!("/x/{counter}"),
         }
     }
@@ -179,7 +232,8 @@ mod tests {
         for w in [Window::Minute, Window::Hour, Window::Day] {
             assert_eq!(Window::parse(w.as_str()), Some(w));
         }
-        assert_eq!(Window::parse("second"), None);
+        assert_eq!(Window::parse("second"), Some(Window::Second));
+        assert_eq!(Window::parse("week"), None);
     }
 
     #[test]

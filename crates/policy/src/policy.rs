@@ -38,6 +38,10 @@ pub const NO_POLICY_DIGEST: &str = "(no policy)";
 pub enum PolicyVersion {
     /// `"version": "1"`, PolicyLayer's hosted format.
     V1,
+    /// `"version": "2"`, Tollgate's superset. This build knows part of it: version 1 plus the
+    /// limit extensions (scopes `session`, `server`, `global`; window `second`;
+    /// `on_unavailable`). Other version 2 fields are refused as unknown.
+    V2,
 }
 
 impl PolicyVersion {
@@ -45,6 +49,7 @@ impl PolicyVersion {
     pub fn as_str(&self) -> &'static str {
         match self {
             PolicyVersion::V1 => "1",
+            PolicyVersion::V2 => "2",
         }
     }
 }
@@ -110,15 +115,13 @@ impl Policy {
         };
         let version = match map.get("version") {
             Some(Value::String(s)) if s == "1" => Some(PolicyVersion::V1),
+            Some(Value::String(s)) if s == "2" => Some(PolicyVersion::V2),
             Some(Value::String(s)) => {
-                // Another version's fields cannot be judged by version 1's rules: stop here.
-                let msg = if s == "2" {
-                    "policy version \"2\" is not supported yet: this build only accepts \"1\""
-                        .to_owned()
-                } else {
-                    format!("unknown policy version \"{s}\": this build only accepts \"1\"")
-                };
-                errors.push(PolicyError::new("/version", msg));
+                // Another version's fields cannot be judged by these rules: stop here.
+                errors.push(PolicyError::new(
+                    "/version",
+                    format!("unknown policy version \"{s}\": this build accepts \"1\" and \"2\""),
+                ));
                 return Err(PolicyErrors(errors));
             }
             Some(Value::Number(n)) => {
@@ -147,7 +150,7 @@ impl Policy {
         };
         // A missing or mistyped version is still checked as version 1, so that every other error
         // shows up in the same run.
-        let compiled = compile_v1(map, &mut errors);
+        let compiled = compile_v1(map, version.unwrap_or(PolicyVersion::V1), &mut errors);
         match version {
             Some(version) if errors.is_empty() => Ok(Policy {
                 digest: digest_of(&doc),

@@ -103,6 +103,23 @@ pub struct Metrics {
     pub control_revision: Gauge<i64, AtomicI64>,
     /// `tollgate_control_watchers`.
     pub control_watchers: Gauge<i64, AtomicI64>,
+    /// `tollgate_quota_decisions_total{kind}`: how limited calls were decided (`lease`: a lease
+    /// held in memory, no wait; `sync`: waited for the quota leader; `node`: session scope;
+    /// `exhausted`; `fail_closed`; `fail_open`).
+    pub quota_decisions: Family<KindLabels, Counter>,
+    /// `tollgate_quota_leases_total`: leases received from the quota leader.
+    pub quota_leases: Counter,
+    /// `tollgate_quota_refills_total`: demands sent ahead of need (not synchronous).
+    pub quota_refills: Counter,
+    /// `tollgate_quota_sync_reservations_total`: calls that found no lease and asked the quota
+    /// leader synchronously.
+    pub quota_sync_reservations: Counter,
+    /// `tollgate_quota_refusals_total`: demands the quota leader refused.
+    pub quota_refusals: Counter,
+    /// `tollgate_quota_session_connected`: 1 while the quota session to the leader is open.
+    pub quota_session_connected: Gauge<i64, AtomicI64>,
+    /// `tollgate_quota_reconnects_total`: quota sessions opened after an earlier one ended.
+    pub quota_reconnects: Counter,
 }
 
 /// Labels carrying only a kind.
@@ -230,8 +247,56 @@ impl Metrics {
             "control_watchers",
             "Gateways with a configuration watch stream open on this control node",
         );
+        let quota_decisions = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "quota_decisions",
+            "Limited tool calls by how they were decided (lease, sync, node, exhausted, fail_closed, fail_open)",
+            quota_decisions.clone(),
+        );
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let quota_leases = counter(
+            &mut registry,
+            "quota_leases",
+            "Quota leases received from the quota leader",
+        );
+        let quota_refills = counter(
+            &mut registry,
+            "quota_refills",
+            "Quota demands sent ahead of need",
+        );
+        let quota_sync_reservations = counter(
+            &mut registry,
+            "quota_sync_reservations",
+            "Limited calls that found no lease and asked the quota leader synchronously",
+        );
+        let quota_refusals = counter(
+            &mut registry,
+            "quota_refusals",
+            "Quota demands the quota leader refused",
+        );
+        let quota_reconnects = counter(
+            &mut registry,
+            "quota_reconnects",
+            "Quota sessions opened after an earlier one ended",
+        );
+        let quota_session_connected = gauge(
+            &mut registry,
+            "quota_session_connected",
+            "1 while this gateway's quota session to the leader is open",
+        );
         Self {
             registry,
+            quota_decisions,
+            quota_leases,
+            quota_refills,
+            quota_sync_reservations,
+            quota_refusals,
+            quota_session_connected,
+            quota_reconnects,
             requests,
             upstream_latency,
             upstream_errors,

@@ -531,9 +531,17 @@ fn duplicate_json_keys_are_rejected_with_their_pointer() {
 
 #[test]
 fn other_versions_are_rejected_with_a_clear_message() {
-    let e = errors(r#"{"version":"2","default":"deny","mode":"audit"}"#);
+    let e = errors(r#"{"version":"3","default":"deny","mode":"audit"}"#);
     assert_eq!(pointers(&e), ["/version"]);
-    assert!(e.0[0].message.contains("\"2\" is not supported yet"), "{e}");
+    assert!(
+        e.0[0].message.contains("unknown policy version \"3\""),
+        "{e}"
+    );
+
+    // Version 2 features this build does not have are refused at their own pointer.
+    let e = errors(r#"{"version":"2","default":"deny","mode":"audit"}"#);
+    assert_eq!(pointers(&e), ["/mode"]);
+    assert!(e.0[0].message.contains("does not support yet"), "{e}");
 
     let e = errors(r#"{"version":1,"default":"deny"}"#);
     assert_eq!(pointers(&e), ["/version"]);
@@ -615,4 +623,79 @@ fn a_counter_shared_with_all_tools_is_rejected() {
             "tools":{"t":{"limits":[{"counter":"c","window":"hour","max":1,"scope":"grant"}]}}}"#,
     );
     assert_eq!(pointers(&e), ["/tools/t/limits/0/counter"]);
+}
+
+#[test]
+fn version_2_limits_take_every_scope_the_second_window_and_a_failure_mode() {
+    let p = Policy::from_json(
+        br#"{"version":"2","default":"allow","all_tools":{"limits":[
+            {"counter":"g","window":"second","max":5,"scope":"global","on_unavailable":"fail_open"},
+            {"counter":"s","window":"minute","max":7,"scope":"session"},
+            {"counter":"v","window":"hour","max":9,"scope":"server","on_unavailable":"fail_closed"}]}}"#,
+    )
+    .unwrap();
+    assert_eq!(p.version(), PolicyVersion::V2);
+    let Decision::Allow { limits } = p.evaluate_call(&CallInput {
+        tool: "any",
+        arguments: None,
+        tool_known: true,
+    }) else {
+        panic!("allowed by default")
+    };
+    let got: Vec<_> = limits
+        .iter()
+        .map(|l| (l.counter.as_str(), l.window, l.scope, l.on_unavailable))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "g",
+                crate::Window::Second,
+                crate::Scope::Global,
+                crate::OnUnavailable::FailOpen
+            ),
+            (
+                "s",
+                crate::Window::Minute,
+                crate::Scope::Session,
+                crate::OnUnavailable::FailClosed
+            ),
+            (
+                "v",
+                crate::Window::Hour,
+                crate::Scope::Server,
+                crate::OnUnavailable::FailClosed
+            ),
+        ]
+    );
+}
+
+#[test]
+fn version_1_keeps_its_own_limit_rules_with_clear_pointers() {
+    let e = errors(
+        r#"{"version":"1","default":"deny","all_tools":{"limits":[
+            {"counter":"a","window":"second","max":5,"scope":"global","on_unavailable":"fail_open"}]}}"#,
+    );
+    assert_eq!(
+        pointers(&e),
+        [
+            "/all_tools/limits/0/on_unavailable",
+            "/all_tools/limits/0/window",
+            "/all_tools/limits/0/scope"
+        ]
+    );
+    assert!(e.0[1].message.contains("needs version \"2\""), "{e}");
+    let e = errors(
+        r#"{"version":"2","default":"deny","all_tools":{"limits":[
+            {"counter":"a","window":"week","max":5,"scope":"team","on_unavailable":"maybe"}]}}"#,
+    );
+    assert_eq!(
+        pointers(&e),
+        [
+            "/all_tools/limits/0/window",
+            "/all_tools/limits/0/scope",
+            "/all_tools/limits/0/on_unavailable"
+        ]
+    );
 }

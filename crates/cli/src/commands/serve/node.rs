@@ -14,10 +14,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tollgate_control::{AdminToken, ControlNode, ControlOptions, ControlStartError};
+use tollgate_gateway::QuotaBackend;
 use tollgate_gateway::config::{Config, ProcessEnv};
 use tollgate_gateway::follow::{RemoteControl, WatchConnector};
+use tollgate_gateway::quota_agent::{QuotaAgent, QuotaAgentOptions};
 use tollgate_gateway::{RunningGateway, StartError};
-use tollgate_quota::{LocalQuota, Quota};
+use tollgate_quota::{LeasePool, PoolConfig};
 use tollgate_raft::PeerNode;
 use tollgate_telemetry::Metrics;
 use tracing::{error, info, warn};
@@ -226,9 +228,26 @@ pub async fn serve(plan: Plan) -> Result<(), ServeError> {
 
     let mut gateway: Option<RunningGateway> = None;
     if plan.role != Role::Control {
-        let quota: Arc<dyn Quota> = Arc::new(LocalQuota::new());
-        let mut running =
-            tollgate_gateway::start_following(plan.config.clone(), metrics.clone(), quota).await?;
+        // Limits are counted by the cluster's quota leader, through the same agent whatever the
+        // role: the embedded single node talks to its own control node over loopback.
+        let endpoints = match &control {
+            Some(control) => vec![control.api.to_string()],
+            None => plan.config.cluster.control.clone(),
+        };
+        let pool = Arc::new(LeasePool::new(PoolConfig::default()));
+        let (agent, _agent_task) = QuotaAgent::start(
+            pool,
+            endpoints,
+            plan.config.node_id.clone(),
+            QuotaAgentOptions::default(),
+        );
+        agent.export_metrics(metrics.clone());
+        let mut running = tollgate_gateway::start_following(
+            plan.config.clone(),
+            metrics.clone(),
+            QuotaBackend::Cluster(agent),
+        )
+        .await?;
         let connector: Arc<dyn WatchConnector> = match &control {
             Some(control) => Arc::new(LocalWatch(control.node.config_service().clone())),
             None => Arc::new(RemoteControl::new(plan.config.cluster.control.clone())),
