@@ -57,54 +57,19 @@ struct Fixture {
 }
 
 async fn put_policy(admin: &Admin, id: &str, document: &str) -> PutPolicyResponse {
-    let (id, document) = (id.to_owned(), document.to_owned());
-    admin
-        .write(WAIT, |mut client| {
-            let request = Admin::request(PutPolicyRequest {
-                policy_id: id.clone(),
-                document_json: document.clone(),
-                expected_version: 0,
-            });
-            async move { client.put_policy(request).await }
-        })
-        .await
-        .unwrap()
+    admin.put_policy(WAIT, id, document).await.unwrap()
 }
 
 async fn put_upstream(admin: &Admin, name: &str, url: &str) {
-    let upstream = UpstreamProto {
-        name: name.to_owned(),
-        transport: Some(upstream::Transport::Http(HttpTransport {
-            url: url.to_owned(),
-            ..Default::default()
-        })),
-    };
-    admin
-        .write(WAIT, |mut client| {
-            let request = Admin::request(PutUpstreamRequest {
-                upstream: Some(upstream.clone()),
-            });
-            async move { client.put_upstream(request).await }
-        })
-        .await
-        .unwrap();
+    admin.put_upstream(WAIT, name, url).await.unwrap();
 }
 
 /// Creates a grant; returns its id and token.
 async fn create_grant(admin: &Admin, label: &str, server: &str, policy: &str) -> (String, String) {
-    let request = CreateGrantRequest {
-        label: label.to_owned(),
-        server: server.to_owned(),
-        policy_id: policy.to_owned(),
-    };
-    let response = admin
-        .write(WAIT, |mut client| {
-            let request = Admin::request(request.clone());
-            async move { client.create_grant(request).await }
-        })
+    admin
+        .create_grant(WAIT, label, server, policy)
         .await
-        .unwrap();
-    (response.grant.unwrap().id, response.token)
+        .unwrap()
 }
 
 async fn revoke_grant(admin: &Admin, id: &str) -> u64 {

@@ -41,7 +41,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
-use tollgate_proto::v1::{ClusterStatusRequest, ClusterStatusResponse};
+use tollgate_proto::v1::{
+    ClusterStatusRequest, ClusterStatusResponse, CreateGrantRequest, HttpTransport,
+    PutPolicyRequest, PutPolicyResponse, PutUpstreamRequest, Upstream as UpstreamProto, upstream,
+};
 use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
 use tollgate_testkit::{ChildGuard, wait_for};
 use tonic::transport::{Channel, Endpoint};
@@ -245,6 +248,8 @@ pub struct Gateway {
     pub data: SocketAddr,
     /// Admin HTTP address.
     pub admin: SocketAddr,
+    /// Its audit file (JSON lines).
+    pub audit: PathBuf,
     log: PathBuf,
     process: Option<Process>,
 }
@@ -379,11 +384,13 @@ impl Sandbox {
         for n in 1..=sandbox.options.gateways {
             let name = format!("gateway-{n}");
             let config = sandbox.dir.path().join(format!("{name}.toml"));
+            let audit = sandbox.dir.path().join(format!("{name}.audit.jsonl"));
             std::fs::write(
                 &config,
                 format!(
                     "node_id = \"{name}\"\n\n[listen]\ndata = \"127.0.0.1:0\"\n\
-                     admin = \"127.0.0.1:0\"\n"
+                     admin = \"127.0.0.1:0\"\n\n[audit]\npath = {}\n",
+                    toml_string(&audit.display().to_string())
                 ),
             )?;
             let log = sandbox.dir.path().join(format!("{name}.log"));
@@ -413,6 +420,7 @@ impl Sandbox {
                 admin: listening
                     .admin
                     .context("the gateway printed no admin address")?,
+                audit,
                 log,
                 process: Some(process),
             });
@@ -618,6 +626,34 @@ impl Sandbox {
             .context("no tollgate_config_revision in /metrics")
     }
 
+    /// SIGKILL gateway `g` and reap it (it stays down).
+    pub async fn kill_gateway(&mut self, g: usize) -> anyhow::Result<()> {
+        let process = self.gateways[g].process.take().context("not running")?;
+        process.guard.signal(Signal::SIGCONT)?;
+        process.stop(Signal::SIGKILL, Duration::from_secs(20)).await
+    }
+
+    /// SIGSTOP gateway `g`.
+    pub fn pause_gateway(&mut self, g: usize) -> anyhow::Result<()> {
+        let process = self.gateways[g].process.as_ref().context("not running")?;
+        process.guard.signal(Signal::SIGSTOP)?;
+        Ok(())
+    }
+
+    /// SIGCONT gateway `g`.
+    pub fn resume_gateway(&mut self, g: usize) -> anyhow::Result<()> {
+        let process = self.gateways[g].process.as_ref().context("not running")?;
+        process.guard.signal(Signal::SIGCONT)?;
+        Ok(())
+    }
+
+    /// SIGTERM gateway `g` and wait for its clean exit (its audit file is flushed).
+    pub async fn terminate_gateway(&mut self, g: usize) -> anyhow::Result<()> {
+        let process = self.gateways[g].process.take().context("not running")?;
+        process.guard.signal(Signal::SIGCONT)?;
+        process.stop(Signal::SIGTERM, Duration::from_secs(20)).await
+    }
+
     /// The HTTP client the sandbox uses.
     pub fn http(&self) -> &reqwest::Client {
         &self.http
@@ -671,6 +707,72 @@ impl Admin {
     }
 
     /// `message` with the admin token.
+    /// Puts policy `id` (any version); the leader's answer.
+    pub async fn put_policy(
+        &self,
+        timeout: Duration,
+        id: &str,
+        document: &str,
+    ) -> anyhow::Result<PutPolicyResponse> {
+        let (id, document) = (id.to_owned(), document.to_owned());
+        self.write(timeout, |mut client| {
+            let request = Admin::request(PutPolicyRequest {
+                policy_id: id.clone(),
+                document_json: document.clone(),
+                expected_version: 0,
+            });
+            async move { client.put_policy(request).await }
+        })
+        .await
+    }
+
+    /// Puts the HTTP upstream `name` at `url`.
+    pub async fn put_upstream(
+        &self,
+        timeout: Duration,
+        name: &str,
+        url: &str,
+    ) -> anyhow::Result<()> {
+        let upstream = UpstreamProto {
+            name: name.to_owned(),
+            transport: Some(upstream::Transport::Http(HttpTransport {
+                url: url.to_owned(),
+                ..Default::default()
+            })),
+        };
+        self.write(timeout, |mut client| {
+            let request = Admin::request(PutUpstreamRequest {
+                upstream: Some(upstream.clone()),
+            });
+            async move { client.put_upstream(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Creates a grant; returns its id and token.
+    pub async fn create_grant(
+        &self,
+        timeout: Duration,
+        label: &str,
+        server: &str,
+        policy: &str,
+    ) -> anyhow::Result<(String, String)> {
+        let request = CreateGrantRequest {
+            label: label.to_owned(),
+            server: server.to_owned(),
+            policy_id: policy.to_owned(),
+        };
+        let response = self
+            .write(timeout, |mut client| {
+                let request = Admin::request(request.clone());
+                async move { client.create_grant(request).await }
+            })
+            .await?;
+        let grant = response.grant.context("the answer carries no grant")?;
+        Ok((grant.id, response.token))
+    }
+
     pub fn request<T>(message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Ok(value) = format!("Bearer {ADMIN_TOKEN}").parse() {
