@@ -19,9 +19,8 @@ use std::time::Duration;
 use sandbox::{ALLOW_ALL, Admin, Options, Sandbox, deny_echo_policy};
 use tokio::time::Instant;
 use tollgate_proto::v1::{
-    CreateGrantRequest, HttpTransport, ListGrantsRequest, ListPolicyVersionsRequest,
-    ListUpstreamsRequest, PutPolicyRequest, PutPolicyResponse, PutUpstreamRequest,
-    RevokeGrantRequest, Upstream as UpstreamProto, upstream,
+    ListGrantsRequest, ListPolicyVersionsRequest, ListUpstreamsRequest, PutPolicyResponse,
+    RevokeGrantRequest,
 };
 use tollgate_testkit::{RunningUpstream, Upstream, UpstreamOptions, wait_for_async};
 use tracing::info;
