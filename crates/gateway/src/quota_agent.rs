@@ -43,7 +43,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -173,8 +172,6 @@ pub struct QuotaAgent {
     connected: AtomicBool,
     counters: Counters,
     stop: CancellationToken,
-    /// The `max` in force per (key, window), sent with each demand.
-    limits: Mutex<HashMap<(String, Window), u64>>,
 }
 
 impl std::fmt::Debug for QuotaAgent {
@@ -207,7 +204,6 @@ impl QuotaAgent {
             connected: AtomicBool::new(false),
             counters: Counters::default(),
             stop: CancellationToken::new(),
-            limits: Mutex::new(HashMap::new()),
         });
         let task = tokio::spawn(run(agent.clone(), endpoints));
         (agent, task)
@@ -250,23 +246,11 @@ impl QuotaAgent {
     }
 
     /// Sets the limit (`max`) in force for `key` and `window`, sent with the demands of that slot
-    /// (the leader grants against the lowest it has seen). [`QuotaAgent::acquire`] records the
-    /// limits of a call that misses a lease; call this when a policy change lowers a limit.
+    /// (the leader grants against the lowest it has seen in the window). Every reservation
+    /// records its own `max` in the pool, so this is needed only to announce a limit before any
+    /// call carries it; a lower limit closes the slot's leases at once.
     pub fn set_limit(&self, key: &str, window: Window, max: u64) {
-        let mut limits = self.limits.lock();
-        match limits.get_mut(&(key.to_owned(), window)) {
-            Some(known) => *known = max,
-            None => {
-                limits.insert((key.to_owned(), window), max);
-            }
-        }
-    }
-
-    fn limit(&self, slot: &SlotHandle) -> Option<u64> {
-        self.limits
-            .lock()
-            .get(&(slot.key().to_owned(), slot.window()))
-            .copied()
+        self.pool.slot(key, window).set_max(max);
     }
 
     /// Ask the leader now for the slots whose calls are waiting (the pool knows which: they were
@@ -304,9 +288,6 @@ impl QuotaAgent {
                 Ok(reservation) => return Ok(reservation),
                 Err(QuotaError::Exhausted(e)) => return Err(AcquireError::Exhausted(e)),
                 Err(QuotaError::NeedsLease { index }) => {
-                    for limit in limits {
-                        self.set_limit(limit.key, limit.window, limit.max);
-                    }
                     bump(&self.counters.sync_demands);
                     self.request_sync();
                     if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -609,11 +590,12 @@ fn send_batch(
     };
     state.next_seq += 1;
     for demand in demands {
-        let Some(max) = agent.limit(&demand.slot) else {
-            // Never asked through `acquire` nor `set_limit`: no limit to ask against.
+        let max = demand.max;
+        if max == 0 {
+            // No reservation nor `set_limit` named a limit for this slot: nothing to ask against.
             agent.pool.request_failed(&demand.slot);
             continue;
-        };
+        }
         if !demand.sync {
             bump(&agent.counters.refills);
         }

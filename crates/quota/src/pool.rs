@@ -51,6 +51,16 @@
 //! otherwise they stay counted as consumed ("unknown means spent": under-admission, never
 //! over-admission), tallied in [`LeasePool::lost_returns`].
 //!
+//! # Lowered limits
+//!
+//! Every reservation records the `max` it was made under in its slot (one relaxed load on the
+//! hot path, a store only when it changes), and demands carry it, so the leader always grants
+//! against the policy in force. When a call names a *lower* `max` than the slot knew (a policy
+//! change), the slot closes its current and queued leases at once: their unused tokens are
+//! reported as returned, and the call asks the leader under the new limit, which caps what is
+//! left to lease. A lowered limit therefore takes hold on a node with its first call under the
+//! new policy, not at the end of the leases' lifetime.
+//!
 //! # Multi-limit reservations
 //!
 //! A call with several limits takes them one after the other and gives back what it took if a
@@ -168,6 +178,9 @@ pub struct Demand {
     pub window_id: WindowId,
     /// Tokens wanted (at least 1).
     pub want: u64,
+    /// The limit the slot's latest reservation named (0 if none did yet, e.g. a slot interned
+    /// by [`LeasePool::slot`] and never spent from).
+    pub max: u64,
     /// Calls are waiting on this answer ([`QuotaError::NeedsLease`] was returned): send now, do
     /// not wait for the next batch.
     pub sync: bool,
@@ -241,6 +254,21 @@ impl SlotHandle {
     pub fn spendable(&self) -> u64 {
         tokens_of(self.0.hot.current.load(Ordering::Acquire))
     }
+
+    /// The limit (`max`) the slot's demands carry: the latest one a reservation named, or the
+    /// one given here. A lower value than before closes the slot's leases (see
+    /// "Lowered limits" in the [module docs](self)).
+    pub fn set_max(&self, max: u64) {
+        let known = self.0.hot.max.load(Ordering::Relaxed);
+        if known != max {
+            self.0.set_max(known, max);
+        }
+    }
+
+    /// The limit the slot's demands carry (0 before any reservation or [`SlotHandle::set_max`]).
+    pub fn max(&self) -> u64 {
+        self.0.hot.max.load(Ordering::Relaxed)
+    }
 }
 
 impl PartialEq for SlotHandle {
@@ -274,6 +302,9 @@ struct Hot {
     current: AtomicU64,
     /// Expiry of the current lease, ns since the pool's epoch (0 without a lease).
     deadline_ns: AtomicU64,
+    /// The limit (`max`) the latest reservation named; 0 before any. Sent with the slot's
+    /// demands, so the leader always grants against the policy in force.
+    max: AtomicU64,
     /// Window id of the current lease.
     window_id: AtomicU64,
 }
@@ -338,6 +369,32 @@ impl Lease {
 }
 
 impl Slot {
+    /// Records a new `max` (a policy changed). A lower one closes the slot's leases at once:
+    /// their unused tokens go back to the leader with the next report, and the next call asks
+    /// for a lease under the new limit, so a lowered limit takes hold within one round trip on
+    /// this node instead of at the end of the leases' lifetime.
+    fn set_max(&self, known: u64, max: u64) {
+        if self
+            .hot
+            .max
+            .compare_exchange(known, max, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+            || known == 0
+            || max > known
+        {
+            return;
+        }
+        let mut st = self.state.lock();
+        if st.current.is_some() {
+            self.close_current(&mut st, CloseReason::Superseded);
+        }
+        for mut lease in std::mem::take(&mut st.queue) {
+            close_unused(&mut st, &mut lease, CloseReason::Superseded);
+            st.closed.push(lease);
+        }
+        st.rate = 0.0;
+    }
+
     /// The hot path: takes `cost` from the current lease if it holds that many and has not
     /// expired. Returns the lease's generation and window.
     fn try_take(&self, cost: u64, now_ns: u64) -> Option<(u32, WindowId)> {
@@ -581,6 +638,7 @@ impl<C: Clock> LeasePool<C> {
                 current: AtomicU64::new(0),
                 deadline_ns: AtomicU64::new(0),
                 window_id: AtomicU64::new(0),
+                max: AtomicU64::new(0),
             },
             state: Mutex::new(SlotState::default()),
         }));
@@ -792,6 +850,7 @@ impl<C: Clock> LeasePool<C> {
                 slot: slot.clone(),
                 window_id,
                 want,
+                max: s.hot.max.load(Ordering::Relaxed),
                 sync,
             });
         });
@@ -884,6 +943,10 @@ impl<C: Clock> LeasePool<C> {
         }
         if cost > max || cost > MAX_LEASE_TOKENS {
             return Err(self.exhausted(index, s.window).into());
+        }
+        let known = s.hot.max.load(Ordering::Relaxed);
+        if known != max {
+            s.set_max(known, max);
         }
         if let Some((generation, window_id)) = s.try_take(cost, now_ns) {
             return Ok(entry(Some(generation), window_id));

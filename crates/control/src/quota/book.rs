@@ -251,6 +251,16 @@ impl Book {
         let window_end = slot.1.end_ms(WindowId(slot.2));
         let ttl_ms = rules.lease_ttl_ms.min(window_end.saturating_sub(now_ms));
         let chunk = self.chunks.get_mut(slot)?;
+        if max > 0 && max < chunk.max {
+            // The limit was lowered (the demand comes from a newer policy than the last grant):
+            // what is left to lease is the new limit less what is already out of this chunk's
+            // reach (leased, spent, or held by other terms). The rest of the chunk is dropped
+            // here; the ledger keeps counting it as granted, which is above the new limit
+            // anyway, so no later grant is given out against it.
+            let elsewhere = chunk.outstanding.saturating_sub(chunk.available);
+            chunk.available = chunk.available.min(max.saturating_sub(elsewhere));
+            chunk.max = max;
+        }
         if chunk.available == 0 || ttl_ms == 0 {
             return None;
         }
@@ -357,5 +367,22 @@ mod tests {
         let lease = book.cut(&slot, 1, 8, 100, RULES, 0).unwrap();
         assert!(lease.endgame && !lease.exact);
         assert_eq!(lease.tokens, 4);
+    }
+
+    #[test]
+    fn a_lowered_limit_caps_what_is_left_to_lease_at_once() {
+        // 1000 per window; 500 out in all, 400 of them still in this term's chunk.
+        let (mut book, slot) = book_with_chunk(400, 1000, 500);
+        // Lowered to 300: only 300 - 100 = 200 may still be leased.
+        let lease = book.cut(&slot, 1, 1_000, 300, RULES, 0).unwrap();
+        assert_eq!(lease.tokens, 200);
+        assert!(book.cut(&slot, 2, 1, 300, RULES, 0).is_none());
+        // Lowered below what is out elsewhere: nothing more.
+        let (mut book, slot) = book_with_chunk(400, 1000, 500);
+        assert!(book.cut(&slot, 1, 10, 50, RULES, 0).is_none());
+        // A demand still carrying a higher (older) limit changes nothing.
+        let (mut book, slot) = book_with_chunk(400, 1000, 500);
+        assert_eq!(book.cut(&slot, 1, 10, 2000, RULES, 0).unwrap().tokens, 10);
+        assert_eq!(book.chunks[&slot].available, 390);
     }
 }

@@ -708,3 +708,55 @@ proptest! {
         prop_assert_eq!(consumed, net_total);
     }
 }
+
+#[test]
+fn demands_carry_the_limit_the_latest_reservation_named() {
+    let (pool, clock) = pool_at(MIDNIGHT_MS);
+    assert!(pool.try_reserve(&minute("k", 100)).is_err());
+    let demands = pool.demands(clock.now_instant());
+    assert_eq!(demands[0].max, 100);
+    assert_eq!(demands[0].slot.max(), 100);
+}
+
+#[test]
+fn a_lowered_limit_closes_the_slots_leases_and_returns_their_tokens() {
+    let (pool, clock) = pool_at(MIDNIGHT_MS);
+    let slot = pool.slot("k", Window::Minute);
+    pool.install(&slot, grant(&clock, 1, Window::Minute, 50, TTL));
+    pool.install(&slot, grant(&clock, 2, Window::Minute, 20, TTL));
+    pool.commit(pool.try_reserve(&minute("k", 1000)).unwrap());
+    // The same limit again keeps the leases.
+    pool.commit(pool.try_reserve(&minute("k", 1000)).unwrap());
+    assert_eq!(slot.spendable(), 48);
+    // A raised limit keeps them too.
+    pool.commit(pool.try_reserve(&minute("k", 2000)).unwrap());
+    assert_eq!(slot.spendable(), 47);
+
+    // Lowered: every lease closes, the call asks the leader under the new limit.
+    assert_eq!(
+        pool.try_reserve(&minute("k", 10)).unwrap_err(),
+        QuotaError::NeedsLease { index: 0 }
+    );
+    assert_eq!(slot.spendable(), 0);
+    let mut reports = pool.take_reports();
+    reports.sort_by_key(|r| r.lease_id);
+    let got: Vec<_> = reports
+        .iter()
+        .map(|r| (r.lease_id.0, r.consumed, r.returned))
+        .collect();
+    assert_eq!(got, [(1, 3, 47), (2, 0, 20)]);
+    let demands = pool.demands(clock.now_instant());
+    assert_eq!((demands[0].max, demands[0].sync), (10, true));
+}
+
+#[test]
+fn set_max_announces_a_limit_before_any_call() {
+    let (pool, clock) = pool_at(MIDNIGHT_MS);
+    let slot = pool.slot("k", Window::Minute);
+    pool.install(&slot, grant(&clock, 1, Window::Minute, 5, TTL));
+    slot.set_max(100);
+    assert_eq!(slot.spendable(), 5, "the first limit closes nothing");
+    slot.set_max(3);
+    assert_eq!(slot.spendable(), 0);
+    assert_eq!(slot.max(), 3);
+}
