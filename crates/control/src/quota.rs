@@ -376,14 +376,24 @@ impl Inner {
                 })
             };
             let mut grants = Vec::new();
+            let mut limits = Vec::new();
             let now = Instant::now();
             for ((key, window), (wanted, max)) in groups {
                 let id = window.id_at(now_ms);
-                let outstanding = reader
+                let (outstanding, known_max) = reader
                     .read_quota(|l| l.window_report(&key, window, id))
-                    .map_or(0, |r| r.outstanding);
+                    .map_or((0, max), |r| (r.outstanding, r.max));
                 let remaining = max.saturating_sub(outstanding);
                 if remaining == 0 && !releasing(&key, window) {
+                    if known_max != max {
+                        // No grant will carry the new limit into the ledger: say it, so that
+                        // `tollgate quota show` tells the limit in force.
+                        limits.push(QuotaOp::SetLimit {
+                            key: key.clone(),
+                            window,
+                            max,
+                        });
+                    }
                     // Spent: refuse without a write.
                     let retry = window.end_ms(id).saturating_sub(now_ms);
                     waiting.retain(|w| {
@@ -423,6 +433,7 @@ impl Inner {
                     _ => None,
                 })
                 .collect::<Vec<_>>();
+            ops.extend(limits);
             ops.extend(grants);
             (ops, reports, grant_keys, waiting)
         };

@@ -252,14 +252,17 @@ impl Book {
         let ttl_ms = rules.lease_ttl_ms.min(window_end.saturating_sub(now_ms));
         let chunk = self.chunks.get_mut(slot)?;
         if max > 0 && max < chunk.max {
-            // The limit was lowered (the demand comes from a newer policy than the last grant):
-            // what is left to lease is the new limit less what is already out of this chunk's
-            // reach (leased, spent, or held by other terms). The rest of the chunk is dropped
-            // here; the ledger keeps counting it as granted, which is above the new limit
-            // anyway, so no later grant is given out against it.
-            let elsewhere = chunk.outstanding.saturating_sub(chunk.available);
-            chunk.available = chunk.available.min(max.saturating_sub(elsewhere));
+            // The limit was lowered (the demand comes from a newer policy than the last grant).
             chunk.max = max;
+        }
+        if chunk.max > 0 {
+            // What is left to lease is the limit less what is already out of the chunk's reach
+            // (leased, spent, or held by other terms). Only a lowered limit cuts here; the cut
+            // tokens stay counted in the ledger, which is above the new limit anyway, so no
+            // later grant is given out against them. Checked on every cut, because same-term
+            // returns put tokens back into `available`.
+            let elsewhere = chunk.outstanding.saturating_sub(chunk.available);
+            chunk.available = chunk.available.min(chunk.max.saturating_sub(elsewhere));
         }
         if chunk.available == 0 || ttl_ms == 0 {
             return None;
