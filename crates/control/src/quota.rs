@@ -31,6 +31,7 @@ mod book;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -99,6 +100,8 @@ struct Inner {
     work: Notify,
     /// A sync demand is waiting: tick now.
     urgent: Notify,
+    /// The node is shutting down: no session is served any more.
+    closing: AtomicBool,
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<QuotaDown, Status>> + Send + 'static>>;
@@ -114,9 +117,18 @@ impl QuotaServiceImpl {
             book: Mutex::new(Book::default()),
             work: Notify::new(),
             urgent: Notify::new(),
+            closing: AtomicBool::new(false),
         });
         tokio::spawn(batcher(Arc::downgrade(&inner)));
         Self { inner }
+    }
+
+    /// Ends every open session now with `UNAVAILABLE` (the node is going away): gateways move
+    /// to the next leader at once instead of waiting for the API to drain. Leases already out
+    /// stay spent until their holders report them to the next leader.
+    pub fn end_sessions(&self, reason: &str) {
+        self.inner.closing.store(true, Ordering::Release);
+        self.inner.end_all(&Status::unavailable(reason.to_owned()));
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -165,6 +177,9 @@ fn not_leader(metrics: &RaftMetrics<NodeId, PeerNode>) -> Status {
 impl Inner {
     /// This node's term if it leads, or the status to end sessions with.
     fn leadership(&self) -> Result<u64, Status> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(Status::unavailable("the control node is shutting down"));
+        }
         let metrics = self.node.metrics().borrow().clone();
         if metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id) {
             Ok(metrics.current_term)

@@ -206,6 +206,7 @@ impl ControlNode {
     /// Stop serving the API (open watch streams end; gateways reconnect elsewhere), then stop
     /// Raft and its peer service.
     pub async fn shutdown(self) {
+        self.quota.end_sessions("the control node is shutting down");
         let _ = self.stop_api.send(());
         let mut api = self.api;
         match tokio::time::timeout(API_DRAIN_TIMEOUT, &mut api).await {

@@ -91,8 +91,10 @@ impl Default for QuotaAgentOptions {
             idle_check: Duration::from_secs(1),
             idle_for: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
-            min_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(1),
+            min_backoff: Duration::from_millis(25),
+            // Short: while no leader is known (an election, 200-400 ms), every waiting call
+            // fails closed, so the agent looks again often. A connection attempt is cheap.
+            max_backoff: Duration::from_millis(200),
         }
     }
 }

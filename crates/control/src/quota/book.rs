@@ -105,6 +105,8 @@ pub(super) struct Book {
     next_session: u64,
     next_lease: u64,
     pub(super) sessions: HashMap<u64, Session>,
+    /// Open sessions per gateway id (a gateway that reconnects may briefly have two).
+    gateways: HashMap<String, usize>,
     pub(super) chunks: HashMap<Slot, ChunkState>,
     leases: HashMap<u64, LeaseRecord>,
     recent: HashMap<(String, Window), VecDeque<(Instant, u64)>>,
@@ -137,6 +139,7 @@ impl Book {
     pub(super) fn open(&mut self, gateway: String, epoch: u64, tx: Outbox) -> u64 {
         self.next_session += 1;
         let id = self.next_session;
+        *self.gateways.entry(gateway.clone()).or_default() += 1;
         self.sessions.insert(
             id,
             Session {
@@ -153,17 +156,21 @@ impl Book {
 
     /// Forget a closed session (its leases stay counted until reported).
     pub(super) fn close(&mut self, id: u64) {
-        self.sessions.remove(&id);
+        if let Some(session) = self.sessions.remove(&id)
+            && let Some(count) = self.gateways.get_mut(&session.gateway)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.gateways.remove(&session.gateway);
+            }
+        }
         self.waiting.retain(|w| w.session != id);
         self.ops.retain(|op| op.session != id);
     }
 
     /// Distinct gateways with an open session (at least 1).
     pub(super) fn active_gateways(&self) -> u64 {
-        let mut ids: Vec<&str> = self.sessions.values().map(|s| s.gateway.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        (ids.len() as u64).max(1)
+        (self.gateways.len() as u64).max(1)
     }
 
     /// A same-term lease report: `returned` goes back into the chunk, once.
@@ -387,5 +394,22 @@ mod tests {
         let (mut book, slot) = book_with_chunk(400, 1000, 500);
         assert_eq!(book.cut(&slot, 1, 10, 2000, RULES, 0).unwrap().tokens, 10);
         assert_eq!(book.chunks[&slot].available, 390);
+    }
+
+    #[test]
+    fn active_gateways_count_distinct_ids_while_their_sessions_are_open() {
+        let mut book = Book::default();
+        assert_eq!(book.active_gateways(), 1, "never zero: it divides");
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let a1 = book.open("a".into(), 1, tx.clone());
+        let a2 = book.open("a".into(), 2, tx.clone());
+        let b = book.open("b".into(), 1, tx);
+        assert_eq!(book.active_gateways(), 2);
+        book.close(a1);
+        assert_eq!(book.active_gateways(), 2, "a still has a session");
+        book.close(a2);
+        book.close(b);
+        assert_eq!(book.active_gateways(), 1);
+        assert!(book.gateways.is_empty());
     }
 }
