@@ -320,6 +320,56 @@ async fn a_call_the_upstream_answers_with_a_jsonrpc_error_gives_its_token_back()
     );
 }
 
+/// A stdio child that dies after it read the call may have run it: unknown means spent, so the
+/// token stays taken (before, a lost answer counted as "never sent" and was given back).
+#[tokio::test]
+async fn a_call_whose_upstream_dies_after_receiving_it_keeps_its_token_spent() {
+    init_tracing();
+    // The gateway's stdio fixture: its `crash` tool exits at once, answering nothing.
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crates/gateway/tests/fixtures/stdio_server.py"
+    );
+    let policy = r#"{"version":"1","default":"allow","all_tools":{"limits":[
+        {"counter":"calls","window":"minute","max":1,"scope":"grant"}]}}"#;
+    let clock = tollgate_quota::ManualClock::new(1_795_000_025_000);
+    let gateway = GatewayBuilder::new()
+        .quota_clock(&clock)
+        .stdio_upstream("local", "python3", &[fixture])
+        .grant("g", TOKEN, "local", Some(policy))
+        .start()
+        .await
+        .unwrap();
+    let raw = Raw::new(&gateway.url("local"), Some(TOKEN));
+    // The fixture speaks the initialize-based era only.
+    let session = raw.initialize().await.unwrap();
+    let crashed = raw
+        .legacy(
+            &session,
+            1,
+            "tools/call",
+            json!({"name": "crash", "arguments": {}}),
+        )
+        .await;
+    assert!(
+        crashed.status >= 500 || crashed.json()["error"].is_object(),
+        "the lost answer is an error: {crashed:?}"
+    );
+    let next = raw
+        .legacy(
+            &session,
+            2,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "x"}}),
+        )
+        .await;
+    let next_json = next.sse_messages().pop().unwrap_or_else(|| next.json());
+    assert_eq!(
+        next_json["result"]["_meta"]["tollgate/decision"]["decision"], "rate_limited",
+        "the crashed call's token stayed spent: {next:?}"
+    );
+}
+
 #[tokio::test]
 async fn any_node_holding_the_key_serves_an_http_session_and_rotation_keeps_it_open() {
     init_tracing();

@@ -86,9 +86,13 @@ pub enum ProxyError {
     /// No upstream by that name.
     #[error("no such server")]
     NoSuchServer,
-    /// The upstream could not be reached.
+    /// The upstream could not be reached: the request was not delivered.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The connection to the upstream broke after the request was sent: the call may have run
+    /// (for the quota, "unknown means spent"). Told to the client like [`Self::UpstreamUnavailable`].
+    #[error("upstream unavailable: {0}")]
+    UpstreamLost(String),
     /// The TLS handshake with the upstream failed (untrusted or expired certificate, wrong host
     /// name, client certificate refused): a configuration problem, not a passing fault.
     #[error("upstream unavailable: {0}")]
@@ -129,6 +133,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             Self::UpstreamUnavailable(_)
+            | Self::UpstreamLost(_)
             | Self::UpstreamTls(_)
             | Self::UpstreamTimeout
             | Self::UpstreamProtocol(_) => Fault::Upstream,
@@ -156,6 +161,7 @@ impl ProxyError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NoSuchServer => "no_such_server",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
+            Self::UpstreamLost(_) => "upstream_lost",
             Self::UpstreamTls(_) => "upstream_tls",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamProtocol(_) => "upstream_protocol",
@@ -174,9 +180,10 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::SessionNotFound | Self::NoSuchServer => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamUnavailable(_) | Self::UpstreamTls(_) | Self::UpstreamProtocol(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnavailable(_)
+            | Self::UpstreamLost(_)
+            | Self::UpstreamTls(_)
+            | Self::UpstreamProtocol(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -186,7 +193,9 @@ impl ProxyError {
         match self {
             Self::BadRequest(bad) => bad.code,
             Self::SessionNotFound => -32001,
-            Self::UpstreamUnavailable(_) | Self::UpstreamTls(_) => UPSTREAM_UNAVAILABLE,
+            Self::UpstreamUnavailable(_) | Self::UpstreamLost(_) | Self::UpstreamTls(_) => {
+                UPSTREAM_UNAVAILABLE
+            }
             Self::UpstreamTimeout => UPSTREAM_TIMEOUT,
             Self::UpstreamProtocol(_) => UPSTREAM_PROTOCOL,
             Self::Internal(_) => GATEWAY_INTERNAL,

@@ -270,7 +270,12 @@ impl HttpUpstream {
                         self.url.authority().map_or("", |a| a.as_str()),
                         error_chain(&error)
                     )),
-                    None => ProxyError::UpstreamUnavailable(error_chain(&error)),
+                    // Not connected: nothing was sent. Any later failure may come after the
+                    // upstream read the request.
+                    None if error.is_connect() => {
+                        ProxyError::UpstreamUnavailable(error_chain(&error))
+                    }
+                    None => ProxyError::UpstreamLost(error_chain(&error)),
                 };
                 tracing::debug!(server = %self.name, error = %failure, "upstream request failed");
                 Err(failure)
@@ -356,7 +361,7 @@ impl HttpUpstream {
                 .await
                 .map_err(|_| ProxyError::UpstreamTimeout)?;
                 let bytes = collected
-                    .map_err(|e| ProxyError::UpstreamUnavailable(format!("reading body: {e}")))?
+                    .map_err(|e| ProxyError::UpstreamLost(format!("reading body: {e}")))?
                     .to_bytes();
                 if bytes.is_empty() {
                     ReplyBody::Empty
@@ -409,9 +414,7 @@ fn sse_stream(body: Incoming) -> SseStream {
                     }
                     Some(Err(error)) => {
                         return Some((
-                            Err(ProxyError::UpstreamUnavailable(format!(
-                                "stream broke: {error}"
-                            ))),
+                            Err(ProxyError::UpstreamLost(format!("stream broke: {error}"))),
                             (body, decoder, true),
                         ));
                     }

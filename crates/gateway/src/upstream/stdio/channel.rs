@@ -288,7 +288,7 @@ impl Channel {
         write(process, &line, deadline).await?;
         match tokio::time::timeout_at(deadline, answer).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(_)) => return Err(self.died()),
+            Ok(Err(_)) => return Err(self.lost()),
             Ok(Ok(result)) => {
                 result?;
             }
@@ -300,8 +300,17 @@ impl Channel {
         Ok(())
     }
 
+    /// The child is gone before the request was written.
     fn died(&self) -> ProxyError {
         ProxyError::UpstreamUnavailable(format!("stdio server {} exited", self.server()))
+    }
+
+    /// The child went away after the request was written: it may have run the call.
+    fn lost(&self) -> ProxyError {
+        ProxyError::UpstreamLost(format!(
+            "stdio server {} exited before answering",
+            self.server()
+        ))
     }
 
     /// Registers a request of `process`: rewrites it and records it as pending.
@@ -374,7 +383,7 @@ impl Channel {
                     return match answer {
                         Ok(Ok(bytes)) => Ok(reply(ReplyBody::Json(bytes))),
                         Ok(Err(error)) => Err(error),
-                        Err(_) => Err(self.died()),
+                        Err(_) => Err(self.lost()),
                     };
                 }
                 () = tokio::time::sleep_until(deadline) => {
@@ -679,12 +688,10 @@ impl Sink for Channel {
             std::mem::take(&mut state.pending)
         };
         for (_, request) in pending {
-            let _ = request
-                .done
-                .send(Err(ProxyError::UpstreamUnavailable(format!(
-                    "stdio server {} exited ({status}) before answering",
-                    self.server()
-                ))));
+            let _ = request.done.send(Err(ProxyError::UpstreamLost(format!(
+                "stdio server {} exited ({status}) before answering",
+                self.server()
+            ))));
         }
     }
 }
@@ -817,7 +824,7 @@ impl RequestStream {
                     return match answer {
                         Ok(Ok(bytes)) => Ok(event(bytes)),
                         Ok(Err(error)) => Err(error),
-                        Err(_) => Err(self.guard.channel.died()),
+                        Err(_) => Err(self.guard.channel.lost()),
                     };
                 }
                 () = tokio::time::sleep_until(deadline), if gap.is_some() => {

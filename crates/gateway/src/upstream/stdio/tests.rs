@@ -397,10 +397,7 @@ async fn a_crashed_session_child_is_restarted_and_reinitialised() {
         .await
         .err()
         .unwrap();
-    assert!(
-        matches!(error, ProxyError::UpstreamUnavailable(_)),
-        "{error:?}"
-    );
+    assert!(matches!(error, ProxyError::UpstreamLost(_)), "{error:?}");
     info!("--- the next request is served by a fresh, initialised child");
     let after = state(&up, Some(&session)).await;
     assert_ne!(pid_of(&after), before);
