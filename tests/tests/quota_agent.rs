@@ -334,3 +334,66 @@ async fn a_gateway_without_a_reachable_control_node_is_unavailable_within_the_ti
     assert_eq!(agent.stats().sessions_opened, 0);
     agent.shutdown();
 }
+
+/// Admits on `agent` until the window is spent; returns how many calls it admitted per window.
+async fn admit_until_spent(agent: &QuotaAgent, key: &str, max: u64) -> HashMap<u64, u64> {
+    let mut admitted: HashMap<u64, u64> = HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        match agent
+            .acquire(&[LimitSpec::new(key, Window::Hour, max)])
+            .await
+        {
+            Ok(reservation) => {
+                *admitted
+                    .entry(reservation.limits()[0].window_id().0)
+                    .or_default() += 1;
+                agent.pool().commit(reservation);
+            }
+            Err(AcquireError::Exhausted(_)) => return admitted,
+            Err(AcquireError::Unavailable { .. }) => {}
+        }
+    }
+    panic!("the window was not spent within {WAIT:?}: {admitted:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_gateway_gives_its_unused_lease_tokens_back_to_the_window() {
+    tollgate_tests::init_tracing();
+    let (nodes, _dirs) = start_cluster(1).await;
+    let key = "grant:g/agent-drain";
+    // Large enough that a lease holds several tokens, small enough to spend quickly.
+    let max = 400;
+    let a = agent(endpoints(&nodes), "gw-a");
+    let b = agent(endpoints(&nodes), "gw-b");
+    wait_connected(&[a.clone(), b.clone()]).await;
+
+    info!("--- gateway A takes a lease and spends one token of it");
+    let first = a
+        .acquire(&[LimitSpec::new(key, Window::Hour, max)])
+        .await
+        .unwrap();
+    let window = first.limits()[0].window_id().0;
+    a.pool().commit(first);
+    let slot = a.pool().find(key, Window::Hour).unwrap();
+    wait_for(WAIT, || slot.spendable() > 0).await.unwrap();
+    let held = slot.spendable();
+    info!(held, "A holds unused tokens");
+
+    info!("--- A drains: its unused tokens go back; B can spend the whole rest of the window");
+    a.drain(Duration::from_secs(5)).await;
+    assert_eq!(slot.spendable(), 0);
+    let admitted = admit_until_spent(&b, key, max).await;
+    info!(?admitted, "B admitted");
+    if admitted.keys().all(|w| *w == window) {
+        assert_eq!(
+            admitted.get(&window).copied().unwrap_or(0),
+            max - 1,
+            "every token but A's one call reached B"
+        );
+    }
+    b.shutdown();
+    for node in nodes {
+        node.shutdown().await;
+    }
+}

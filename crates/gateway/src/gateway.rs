@@ -163,7 +163,8 @@ impl RunningGateway {
             server.upstream.shutdown().await;
         }
         if let Some(agent) = self.shared.limiter.agent() {
-            agent.shutdown();
+            // Unused lease tokens go back to their windows rather than stay spent.
+            agent.drain(std::time::Duration::from_secs(1)).await;
         }
         if let Some(audit) = &self.shared.audit
             && let Err(error) = audit.flush().await

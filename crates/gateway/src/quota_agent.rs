@@ -174,6 +174,11 @@ pub struct QuotaAgent {
     connected: AtomicBool,
     counters: Counters,
     stop: CancellationToken,
+    /// Batches sent so far, and report messages not yet acknowledged (for [`QuotaAgent::drain`]).
+    batches_sent: AtomicU64,
+    unacked: AtomicU64,
+    /// A batch was sent or an ack arrived.
+    progress: Notify,
 }
 
 impl std::fmt::Debug for QuotaAgent {
@@ -206,6 +211,9 @@ impl QuotaAgent {
             connected: AtomicBool::new(false),
             counters: Counters::default(),
             stop: CancellationToken::new(),
+            batches_sent: AtomicU64::new(0),
+            unacked: AtomicU64::new(0),
+            progress: Notify::new(),
         });
         let task = tokio::spawn(run(agent.clone(), endpoints));
         (agent, task)
@@ -229,6 +237,32 @@ impl QuotaAgent {
     /// Stops the task (the session ends; leases held stay spent, "unknown means spent").
     pub fn shutdown(&self) {
         self.stop.cancel();
+    }
+
+    /// Gives back every lease the pool holds and waits, at most `timeout`, until the leader
+    /// acknowledged the reports, then stops the agent. For a clean shutdown: the unused tokens
+    /// go back to the window instead of staying spent until it ends.
+    pub async fn drain(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.pool.return_idle(Instant::now(), Duration::ZERO);
+        let before = self.batches_sent.load(Ordering::Acquire);
+        while self.is_connected() {
+            let progress = self.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            // Two batches: one that may have been under way when the leases closed, and one that
+            // surely carried their reports.
+            let sent = self.batches_sent.load(Ordering::Acquire) > before + 1;
+            if sent && self.unacked.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            self.kick.notify_one();
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                debug!("quota reports not acknowledged before the drain timeout");
+                break;
+            }
+        }
+        self.shutdown();
     }
 
     /// A snapshot of the agent's counters.
@@ -584,6 +618,8 @@ fn send_batch(
     let demands = agent.pool.demands(now);
     let reports = agent.pool.take_reports();
     if demands.is_empty() && reports.is_empty() && state.stray.is_empty() {
+        agent.batches_sent.fetch_add(1, Ordering::AcqRel);
+        agent.progress.notify_waiters();
         return true;
     }
     let mut up = QuotaUp {
@@ -628,7 +664,13 @@ fn send_batch(
     if !up.reports.is_empty() {
         state.outbox.push(up.seq, up.reports.clone(), term);
     }
-    tx.send(up).is_ok()
+    let sent = tx.send(up).is_ok();
+    agent
+        .unacked
+        .store(state.outbox.len() as u64, Ordering::Release);
+    agent.batches_sent.fetch_add(1, Ordering::AcqRel);
+    agent.progress.notify_waiters();
+    sent
 }
 
 fn to_proto(state: &mut State, report: &LeaseReport) -> Option<QuotaLeaseReport> {
@@ -714,5 +756,9 @@ fn receive(agent: &QuotaAgent, state: &mut State, down: QuotaDown) {
         }
     }
     state.outbox.ack(down.acked_seq);
+    agent
+        .unacked
+        .store(state.outbox.len() as u64, Ordering::Release);
+    agent.progress.notify_waiters();
     agent.wake();
 }

@@ -34,6 +34,11 @@ impl Outbox {
         });
     }
 
+    /// Messages kept, not yet acknowledged.
+    pub(super) fn len(&self) -> usize {
+        self.kept.len()
+    }
+
     /// The leader counted every message up to `acked_seq`: forget them.
     pub(super) fn ack(&mut self, acked_seq: u64) {
         while self.kept.front().is_some_and(|k| k.seq <= acked_seq) {
