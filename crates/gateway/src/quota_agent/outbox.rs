@@ -74,12 +74,6 @@ impl Outbox {
             })
             .collect()
     }
-
-    /// Messages kept.
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.kept.len()
-    }
 }
 
 #[cfg(test)]
