@@ -943,14 +943,15 @@ async fn each_listen_stream_gets_its_acknowledgement_first_and_only_what_it_aske
 
 #[tokio::test]
 async fn a_quiet_listen_stream_is_not_cut_off_by_the_request_timeout() {
-    let up = modern_upstream(Duration::from_millis(300));
+    // Long enough for a cold python start on a loaded machine; the change comes well after it.
+    let up = modern_upstream(Duration::from_millis(800));
     let mut tools = listen(&up, json!(1), json!({"toolsListChanged": true})).await;
     assert_eq!(
         next_event(&mut tools).await["method"],
         "notifications/subscriptions/acknowledged"
     );
     info!("--- the child announces a change well after the request timeout");
-    change(&up, "tools", "tagged", 1.0).await;
+    change(&up, "tools", "tagged", 2.0).await;
     let seen = next_event(&mut tools).await;
     assert_eq!(seen["method"], "notifications/tools/list_changed");
     assert_eq!(subscription_of(&seen), 1);
