@@ -91,7 +91,11 @@ async fn client(
         i += 1;
         let gateway = gateways[i % gateways.len()];
         let token = &tokens[i % tokens.len()];
-        let tool = if i.is_multiple_of(20) { "run-rerun" } else { "echo" };
+        let tool = if i.is_multiple_of(20) {
+            "run-rerun"
+        } else {
+            "echo"
+        };
         let call = call_tool(&http, gateway, SERVER, token, tool);
         match tokio::time::timeout(Duration::from_millis(500), call).await {
             Ok(Ok(answer)) if answer.is_upstream_result() => {

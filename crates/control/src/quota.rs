@@ -385,6 +385,25 @@ impl Inner {
                 group.0 = group.0.saturating_add(w.want);
                 group.1 = group.1.min(w.max);
             }
+            // Top up, ahead of need, every chunk of a live window holding less than what was
+            // leased from it in the last 100 ms: the next refill is then cut from memory
+            // instead of waiting for this Raft write.
+            let now = Instant::now();
+            let low: Vec<(String, Window, u64, u64)> = book
+                .chunks
+                .iter()
+                .filter(|((key, window, id), chunk)| {
+                    *id == window.id_at(now_ms).0
+                        && chunk.max > 0
+                        && !groups.contains_key(&(key.clone(), *window))
+                })
+                .map(|((key, window, _), chunk)| (key.clone(), *window, chunk.available, chunk.max))
+                .collect();
+            for (key, window, available, max) in low {
+                if available < book.recent(&key, window, now) {
+                    groups.insert((key, window), (0, max));
+                }
+            }
             let releasing = |key: &str, window: Window| {
                 pending.iter().any(|p| {
                     matches!(&p.op, QuotaOp::Release { key: k, window: w, .. } if k == key && *w == window)
@@ -392,7 +411,6 @@ impl Inner {
             };
             let mut grants = Vec::new();
             let mut limits = Vec::new();
-            let now = Instant::now();
             for ((key, window), (wanted, max)) in groups {
                 let id = window.id_at(now_ms);
                 let (outstanding, known_max) = reader

@@ -320,6 +320,8 @@ struct SlotState {
     closed: Vec<Lease>,
     installed_total: u64,
     returned_total: u64,
+    /// Tokens of the latest lease installed: a refill is asked once half of that is left.
+    last_installed: u64,
     /// `(ns, spent)` at the last rate sample.
     sample: Option<(u64, u64)>,
     rate: f64,
@@ -734,6 +736,7 @@ impl<C: Clock> LeasePool<C> {
         let s = &slot.0;
         let mut st = s.state.lock();
         st.installed_total = st.installed_total.saturating_add(grant.tokens);
+        st.last_installed = grant.tokens;
         st.returned_total = st.returned_total.saturating_add(lease.returned);
         st.requested_at_ns = None;
         st.sync_wanted = st.sync_wanted.saturating_sub(grant.tokens);
@@ -835,7 +838,13 @@ impl<C: Clock> LeasePool<C> {
                 }
                 st.sync_wanted
             } else {
-                let low = (s.live(&st) as f64) < st.rate * round_trip * 2.0;
+                // Ask ahead: when what is left would last less than two round trips at the
+                // local rate, or once half of the latest lease is spent. The second matters:
+                // a refill the leader cannot cut from memory waits for a Raft commit (several
+                // ms), far longer than the lease round trip measured on a quiet stream, and a
+                // lease of `rate × horizon` tokens leaves half a horizon to cover it.
+                let ahead = (st.rate * round_trip * 2.0).max(st.last_installed as f64 / 2.0);
+                let low = (s.live(&st) as f64) < ahead;
                 if !low && !sync {
                     return;
                 }

@@ -349,31 +349,59 @@ fn measured_pool() -> (LeasePool<ManualClock>, ManualClock, SlotHandle) {
 }
 
 #[test]
-fn a_slot_asks_ahead_when_its_tokens_fall_under_rate_times_twice_the_round_trip() {
+fn a_slot_asks_ahead_once_half_of_its_latest_lease_is_spent() {
     let (pool, clock, slot) = measured_pool();
-    // 80 tokens in 100 ms: 800/s; threshold 800 × 10 ms × 2 = 16 tokens; 20 left.
-    for _ in 0..80 {
+    // 40 of the 100-token lease in 100 ms: 400/s; two round trips' worth is 8 tokens; 60 left.
+    for _ in 0..40 {
         pool.commit(pool.try_reserve(&minute("k", 1_000)).unwrap());
     }
     clock.advance(Duration::from_millis(100));
-    assert!(pool.demands(clock.now_instant()).is_empty(), "20 left");
+    assert!(pool.demands(clock.now_instant()).is_empty(), "60 left");
     let rate = pool.stats(&slot).rate;
-    assert!((rate - 800.0).abs() < 1.0, "rate {rate}");
-    // 5 more in 10 ms: 500/s; threshold 10; 15 left, then 10 more in 10 ms: 1000/s, 5 left.
-    for _ in 0..5 {
-        pool.commit(pool.try_reserve(&minute("k", 1_000)).unwrap());
-    }
-    clock.advance(Duration::from_millis(10));
-    assert!(pool.demands(clock.now_instant()).is_empty(), "15 left");
-    for _ in 0..10 {
+    assert!((rate - 400.0).abs() < 1.0, "rate {rate}");
+    // 15 more in 10 ms: 1500/s; 45 left, under half of the lease.
+    for _ in 0..15 {
         pool.commit(pool.try_reserve(&minute("k", 1_000)).unwrap());
     }
     clock.advance(Duration::from_millis(10));
     let demands = pool.demands(clock.now_instant());
     assert_eq!(demands.len(), 1);
     assert!(!demands[0].sync);
-    // 1000/s × 50 ms.
-    assert!((50..=51).contains(&demands[0].want), "{:?}", demands[0]);
+    // 1500/s × 50 ms.
+    assert!((75..=76).contains(&demands[0].want), "{:?}", demands[0]);
+}
+
+#[test]
+fn a_slot_asks_ahead_when_its_tokens_fall_under_rate_times_twice_the_round_trip() {
+    let clock = ManualClock::new(MIDNIGHT_MS);
+    let pool = LeasePool::with_clock(
+        clock.clone(),
+        PoolConfig {
+            rate_time_constant: Duration::from_millis(1),
+            ..PoolConfig::default()
+        },
+    );
+    let slot = pool.slot("k", Window::Minute);
+    // A 1000-token lease that took 100 ms to arrive.
+    let sent_at = clock.now_instant();
+    clock.advance(Duration::from_millis(100));
+    let mut g = grant(&clock, 1, Window::Minute, 1_000, TTL);
+    g.sent_at = sent_at;
+    pool.install(&slot, g);
+    // 300 in 100 ms: 3000/s; two round trips' worth is 600 tokens; 700 left.
+    for _ in 0..300 {
+        pool.commit(pool.try_reserve(&minute("k", 10_000)).unwrap());
+    }
+    clock.advance(Duration::from_millis(100));
+    assert!(pool.demands(clock.now_instant()).is_empty(), "700 left");
+    // 100 more in 25 ms: 4000/s, 800 tokens' worth; 600 left, more than half of the lease.
+    for _ in 0..100 {
+        pool.commit(pool.try_reserve(&minute("k", 10_000)).unwrap());
+    }
+    clock.advance(Duration::from_millis(25));
+    let demands = pool.demands(clock.now_instant());
+    assert_eq!(demands.len(), 1, "the round-trip rule asks first");
+    assert!(!demands[0].sync);
 }
 
 #[test]
