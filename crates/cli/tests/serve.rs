@@ -147,8 +147,9 @@ async fn sighup_reloads_policies_and_sigterm_stops_cleanly() {
     assert_eq!(status.unwrap().code(), Some(0));
 }
 
-/// Starts `tollgate serve --config FILE` and returns the guard and the gateway's `/mcp/up` URL.
-async fn start_serve(config: &std::path::Path) -> (ChildGuard, String) {
+/// Starts `tollgate serve --config FILE`; returns the guard, the gateway's `/mcp/up` URL and its
+/// admin address.
+async fn start_serve(config: &std::path::Path) -> (ChildGuard, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
     command
         .args(["serve", "--config", config.to_str().unwrap()])
@@ -161,20 +162,34 @@ async fn start_serve(config: &std::path::Path) -> (ChildGuard, String) {
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(rest) = line.strip_prefix("tollgate listening") {
-                let data = rest
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("data="))
-                    .map(str::to_owned);
-                let _ = tx.send(data);
+                let field = |name: &str| {
+                    rest.split_whitespace()
+                        .find_map(|w| w.strip_prefix(name))
+                        .map(str::to_owned)
+                };
+                let _ = tx.send(field("data=").zip(field("admin=")));
             }
         }
     });
-    let data = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+    let (data, admin) =
+        tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("the node prints its listening line")
+            .expect("the line names the data and admin addresses");
+    (guard, format!("http://{data}/mcp/up"), admin)
+}
+
+/// The value of the sample `name` (with its labels, as exposed) in the node's `/metrics`.
+async fn metric(admin: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
-        .unwrap()
-        .expect("the node prints its listening line")
-        .expect("the line names the data address");
-    (guard, format!("http://{data}/mcp/up"))
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
 }
 
 async fn stop(mut guard: ChildGuard) {
@@ -226,7 +241,7 @@ async fn the_single_node_enforces_a_limit_through_the_ledger_and_keeps_the_count
     )
     .unwrap();
     let hour = current_hour();
-    let (guard, url) = start_serve(&config).await;
+    let (guard, url, admin) = start_serve(&config).await;
     for n in 1..=3 {
         let answer = call_echo(&url).await;
         assert_ne!(answer["result"]["isError"], true, "call {n}: {answer}");
@@ -241,9 +256,25 @@ async fn the_single_node_enforces_a_limit_through_the_ledger_and_keeps_the_count
         3,
         "the fourth call never left"
     );
+    // The first call asked the quota leader (sync), the refusal came from it: both are counted,
+    // and the agent's session is up.
+    let sync = metric(&admin, r#"tollgate_quota_decisions_total{kind="sync"}"#).await;
+    assert!(sync.is_some_and(|n| n >= 1.0), "sync decisions: {sync:?}");
+    let exhausted = metric(
+        &admin,
+        r#"tollgate_quota_decisions_total{kind="exhausted"}"#,
+    )
+    .await;
+    assert_eq!(exhausted, Some(1.0));
+    wait_for_async(Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move { metric(&admin, "tollgate_quota_session_connected").await == Some(1.0) }
+    })
+    .await
+    .expect("the quota session is reported open");
 
     stop(guard).await;
-    let (guard, url) = start_serve(&config).await;
+    let (guard, url, _) = start_serve(&config).await;
     let after = call_echo(&url).await;
     if current_hour() == hour {
         assert_eq!(
