@@ -843,8 +843,18 @@ impl<C: Clock> LeasePool<C> {
                 // a refill the leader cannot cut from memory waits for a Raft commit (several
                 // ms), far longer than the lease round trip measured on a quiet stream, and a
                 // lease of `rate × horizon` tokens leaves half a horizon to cover it.
-                let ahead = (st.rate * round_trip * 2.0).max(st.last_installed as f64 / 2.0);
-                let low = (s.live(&st) as f64) < ahead;
+                // Only for a slot whose spend rate fills at least one token per horizon: a slot
+                // gone quiet (its rate estimate decays) whose lease ran out or expired waits for
+                // a call before it asks again.
+                let busy = st.rate * horizon >= 1.0;
+                let half = if busy {
+                    st.last_installed as f64 / 2.0
+                } else {
+                    0.0
+                };
+                let ahead = (st.rate * round_trip * 2.0).max(half);
+                // Less than one token's worth ahead is a slot gone quiet: no refill.
+                let low = ahead >= 1.0 && (s.live(&st) as f64) < ahead;
                 if !low && !sync {
                     return;
                 }
@@ -904,6 +914,8 @@ impl<C: Clock> LeasePool<C> {
                 closed += 1;
             }
             st.rate = 0.0;
+            // Idle: ask again only when a call needs it, not to refill the last lease.
+            st.last_installed = 0;
         });
         closed
     }

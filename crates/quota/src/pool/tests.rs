@@ -788,3 +788,44 @@ fn set_max_announces_a_limit_before_any_call() {
     assert_eq!(slot.spendable(), 0);
     assert_eq!(slot.max(), 3);
 }
+
+#[test]
+fn an_idle_slot_that_gave_its_leases_back_asks_for_nothing_until_a_call_needs_it() {
+    let (pool, clock, slot) = measured_pool();
+    for _ in 0..40 {
+        pool.commit(pool.try_reserve(&minute("k", 1_000)).unwrap());
+    }
+    assert!(pool.demands(clock.now_instant()).is_empty(), "60 left");
+    clock.advance(Duration::from_secs(3));
+    assert!(
+        pool.demands(clock.now_instant()).is_empty(),
+        "idle, 60 left"
+    );
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(
+        pool.return_idle(clock.now_instant(), Duration::from_secs(5)),
+        1
+    );
+    assert_eq!(slot.spendable(), 0);
+    assert!(
+        pool.demands(clock.now_instant()).is_empty(),
+        "no refill for a slot nobody spends from"
+    );
+    assert!(pool.try_reserve(&minute("k", 1_000)).is_err());
+    let demands = pool.demands(clock.now_instant());
+    assert_eq!(demands.len(), 1);
+    assert!(demands[0].sync);
+}
+
+#[test]
+fn a_lease_that_expires_unspent_is_not_refilled_until_a_call_needs_it() {
+    let (pool, clock, slot) = measured_pool();
+    for _ in 0..40 {
+        pool.commit(pool.try_reserve(&minute("k", 1_000)).unwrap());
+    }
+    assert!(pool.demands(clock.now_instant()).is_empty(), "60 left");
+    // Past the lease's 10 s lifetime: it closes; nobody spends.
+    clock.advance(Duration::from_secs(11));
+    assert!(pool.demands(clock.now_instant()).is_empty());
+    assert_eq!(slot.spendable(), 0);
+}
