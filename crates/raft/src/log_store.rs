@@ -319,7 +319,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = self.append_entries(entries.into_iter().collect());
+        // The write and its fsync run on the blocking pool: an fsync takes milliseconds and
+        // would otherwise hold one of the runtime's few worker threads (two on a small node),
+        // stalling every request and RPC scheduled on it. openraft issues appends one at a time,
+        // so their order is kept.
+        let store = self.clone();
+        let entries: Vec<_> = entries.into_iter().collect();
+        let result = tokio::task::spawn_blocking(move || store.append_entries(entries))
+            .await
+            .unwrap_or_else(|join| Err(io::Error::other(format!("log append task: {join}"))));
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
