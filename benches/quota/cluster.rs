@@ -1,107 +1,49 @@
-//! In-process control clusters and gateway quota agents on loopback, started the way
-//! `tests/tests/quota_agent.rs` starts them: every listener bound to `127.0.0.1:0` before any node
-//! starts, so the member list holds the addresses actually served.
+//! In-process control clusters and gateway quota agents on loopback: the cluster is a
+//! [`LocalCluster`] (every listener bound to `127.0.0.1:0` before any node starts, so the member
+//! list holds the addresses actually served), as in the end-to-end quota suites.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tollgate_control::{AdminToken, ControlNode, ControlOptions};
+use tollgate_control::LocalCluster;
 use tollgate_gateway::quota_agent::{QuotaAgent, QuotaAgentOptions};
 use tollgate_quota::{LeasePool, PoolConfig};
-use tollgate_raft::{NodeId, PeerNode};
+use tollgate_raft::NodeId;
 use tollgate_testkit::wait_for;
 
 /// Waits for elections and sessions.
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A running control cluster, its data directories removed when it is dropped.
-pub struct Cluster {
-    nodes: Vec<ControlNode>,
-    _dirs: Vec<tempfile::TempDir>,
-}
+pub struct Cluster(LocalCluster);
 
 impl Cluster {
     /// Starts `n` control nodes (one Raft cluster) and waits until every one knows the leader and
     /// has applied the first entry.
     pub async fn start(n: u64) -> anyhow::Result<Self> {
-        let mut listeners = Vec::new();
-        let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
-        for id in 1..=n {
-            let raft = TcpListener::bind("127.0.0.1:0").await?;
-            let api = TcpListener::bind("127.0.0.1:0").await?;
-            members.push((
-                id,
-                PeerNode {
-                    raft_addr: raft.local_addr()?.to_string(),
-                    api_addr: api.local_addr()?.to_string(),
-                },
-            ));
-            listeners.push((id, raft, api));
-        }
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
-        for (id, raft_listener, api_listener) in listeners {
-            let dir = tempfile::tempdir()?;
-            let node = ControlNode::start(ControlOptions {
-                id,
-                data_dir: dir.path().to_path_buf(),
-                raft_listener,
-                api_listener,
-                members: members.clone(),
-                admin_token: AdminToken::new("quota-bench-admin")
-                    .context("the admin token is refused")?,
-            })
+        let cluster = LocalCluster::start_with_wait(n, "quota-bench-admin", WAIT)
             .await
-            .with_context(|| format!("control node {id} did not start"))?;
-            nodes.push(node);
-            dirs.push(dir);
-        }
-        for node in &nodes {
-            node.node()
-                .raft()
-                .wait(Some(WAIT))
-                .metrics(
-                    |m| m.current_leader.is_some() && m.last_applied.is_some(),
-                    "a leader is known and its first entry applied",
-                )
-                .await
-                .context("no leader")?;
-        }
-        Ok(Self { nodes, _dirs: dirs })
+            .context("the control cluster did not start")?;
+        Ok(Self(cluster))
     }
 
     /// The nodes' API addresses, for the agents.
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| n.api_addr().to_string())
-            .collect()
-    }
-
-    /// The current leader.
-    fn leader(&self) -> anyhow::Result<&ControlNode> {
-        let (id, _) = self.nodes[0].node().leader().context("no leader known")?;
-        self.nodes
-            .iter()
-            .find(|n| n.node().id() == id)
-            .context("the leader is not one of the nodes")
+        self.0.endpoints()
     }
 
     /// The leader's id and the index of its last log entry (Raft entries written so far).
     pub fn leader_log(&self) -> anyhow::Result<(NodeId, u64)> {
-        let leader = self.leader()?;
+        let leader = self.0.leader().context("no leader known among the nodes")?;
         let last = leader.node().metrics().borrow().last_log_index.unwrap_or(0);
         Ok((leader.node().id(), last))
     }
 
     /// Stops every node.
     pub async fn shutdown(self) {
-        for node in self.nodes {
-            node.shutdown().await;
-        }
+        self.0.shutdown().await;
     }
 }
 

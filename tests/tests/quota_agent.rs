@@ -12,71 +12,14 @@ use std::time::{Duration, Instant};
 
 use std::sync::Mutex;
 use tokio::net::TcpListener;
-use tollgate_control::{AdminToken, ControlNode, ControlOptions};
+use tollgate_control::LocalCluster;
 use tollgate_gateway::quota_agent::{AcquireError, QuotaAgent, QuotaAgentOptions};
 use tollgate_quota::{LeasePool, LimitSpec, PoolConfig, Quota as _, Window};
-use tollgate_raft::{NodeId, PeerNode};
 use tollgate_testkit::wait_for;
 use tracing::info;
 
 const WAIT: Duration = Duration::from_secs(15);
 const WORKERS: usize = 4;
-
-async fn start_cluster(n: u64) -> (Vec<ControlNode>, Vec<tempfile::TempDir>) {
-    let mut listeners = Vec::new();
-    let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
-    for id in 1..=n {
-        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.push((
-            id,
-            PeerNode {
-                raft_addr: raft.local_addr().unwrap().to_string(),
-                api_addr: api.local_addr().unwrap().to_string(),
-            },
-        ));
-        listeners.push((id, raft, api));
-    }
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for (id, raft_listener, api_listener) in listeners {
-        let dir = tempfile::tempdir().unwrap();
-        nodes.push(
-            ControlNode::start(ControlOptions {
-                id,
-                data_dir: dir.path().to_path_buf(),
-                raft_listener,
-                api_listener,
-                members: members.clone(),
-                admin_token: AdminToken::new("admin-secret").unwrap(),
-            })
-            .await
-            .unwrap(),
-        );
-        dirs.push(dir);
-    }
-    for node in &nodes {
-        node.node()
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_leader.is_some() && m.last_applied.is_some(),
-                "a leader is known and its first entry applied",
-            )
-            .await
-            .unwrap();
-    }
-    (nodes, dirs)
-}
-
-fn leader_index(nodes: &[ControlNode]) -> usize {
-    let (leader, _) = nodes[0].node().leader().unwrap();
-    nodes.iter().position(|c| c.node().id() == leader).unwrap()
-}
-
-fn endpoints(nodes: &[ControlNode]) -> Vec<String> {
-    nodes.iter().map(|n| n.api_addr().to_string()).collect()
-}
 
 fn agent(endpoints: Vec<String>, id: &str) -> Arc<QuotaAgent> {
     let pool = Arc::new(LeasePool::new(PoolConfig::default()));
@@ -167,12 +110,12 @@ async fn wait_connected(agents: &[Arc<QuotaAgent>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_never_admit_more_than_the_limit_and_reach_it() {
     tollgate_tests::init_tracing();
-    let (nodes, _dirs) = start_cluster(1).await;
+    let cluster = LocalCluster::start(1, "admin-secret").await.unwrap();
     let key = "grant:g/agent-one-node";
     let max = 200;
     let agents = [
-        agent(endpoints(&nodes), "gw-a"),
-        agent(endpoints(&nodes), "gw-b"),
+        agent(cluster.endpoints(), "gw-a"),
+        agent(cluster.endpoints(), "gw-b"),
     ];
     wait_connected(&agents).await;
 
@@ -217,21 +160,19 @@ async fn two_gateways_never_admit_more_than_the_limit_and_reach_it() {
     for agent in &agents {
         agent.shutdown();
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_follow_a_new_leader_and_still_never_admit_more_than_the_limit() {
     tollgate_tests::init_tracing();
-    let (mut nodes, _dirs) = start_cluster(3).await;
+    let mut cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let key = "grant:g/agent-failover";
     // Large enough that the run outlasts the failover (shutting the leader down takes seconds).
     let max = 20_000;
     let agents = [
-        agent(endpoints(&nodes), "gw-a"),
-        agent(endpoints(&nodes), "gw-b"),
+        agent(cluster.endpoints(), "gw-a"),
+        agent(cluster.endpoints(), "gw-b"),
     ];
     wait_connected(&agents).await;
 
@@ -249,22 +190,12 @@ async fn gateways_follow_a_new_leader_and_still_never_admit_more_than_the_limit(
     wait_for(WAIT, || tally.total() >= 300).await.unwrap();
 
     info!("--- shut the leader down mid-run");
-    let old = nodes.remove(leader_index(&nodes));
-    let old_term = old.node().metrics().borrow().current_term;
-    old.shutdown().await;
+    let leader = cluster.leader_index().unwrap();
+    let old_term = cluster.node(leader).node().metrics().borrow().current_term;
+    cluster.stop(leader).await;
     let at_kill = tally.total();
     let installed: Vec<u64> = agents.iter().map(|a| a.stats().leases_installed).collect();
-    for node in &nodes {
-        node.node()
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_term > old_term && m.current_leader.is_some(),
-                "a new leader is elected",
-            )
-            .await
-            .unwrap();
-    }
+    cluster.wait_for_new_leader(old_term).await.unwrap();
 
     info!("--- both gateways get leases from the new leader and keep admitting");
     wait_for(WAIT, || {
@@ -305,9 +236,7 @@ async fn gateways_follow_a_new_leader_and_still_never_admit_more_than_the_limit(
         info!(stats = ?agent.stats(), "agent counters");
         agent.shutdown();
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,12 +289,12 @@ async fn admit_until_spent(agent: &QuotaAgent, key: &str, max: u64) -> HashMap<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_gateway_gives_its_unused_lease_tokens_back_to_the_window() {
     tollgate_tests::init_tracing();
-    let (nodes, _dirs) = start_cluster(1).await;
+    let cluster = LocalCluster::start(1, "admin-secret").await.unwrap();
     let key = "grant:g/agent-drain";
     // Large enough that a lease holds several tokens, small enough to spend quickly.
     let max = 400;
-    let a = agent(endpoints(&nodes), "gw-a");
-    let b = agent(endpoints(&nodes), "gw-b");
+    let a = agent(cluster.endpoints(), "gw-a");
+    let b = agent(cluster.endpoints(), "gw-b");
     wait_connected(&[a.clone(), b.clone()]).await;
 
     info!("--- gateway A takes a lease and spends one token of it");
@@ -393,7 +322,5 @@ async fn a_drained_gateway_gives_its_unused_lease_tokens_back_to_the_window() {
         );
     }
     b.shutdown();
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }

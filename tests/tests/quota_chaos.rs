@@ -34,10 +34,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
-use tollgate_control::{AdminToken, ControlNode, ControlOptions};
+use tollgate_control::LocalCluster;
 use tollgate_gateway::quota_agent::{AcquireError, QuotaAgent, QuotaAgentOptions};
 use tollgate_quota::{LeasePool, LimitSpec, PoolConfig, Quota as _, Window, WindowId};
-use tollgate_raft::{NodeId, PeerNode, WindowReport};
+use tollgate_raft::WindowReport;
 use tollgate_testkit::wait_for;
 use tracing::info;
 
@@ -61,88 +61,20 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(5);
 // Cluster and agents
 // ---------------------------------------------------------------------------------------------
 
-struct Cluster {
-    nodes: Vec<ControlNode>,
-    _dirs: Vec<tempfile::TempDir>,
-}
-
-async fn start_cluster(n: u64) -> Cluster {
-    let mut listeners = Vec::new();
-    let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
-    for id in 1..=n {
-        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.push((
-            id,
-            PeerNode {
-                raft_addr: raft.local_addr().unwrap().to_string(),
-                api_addr: api.local_addr().unwrap().to_string(),
-            },
-        ));
-        listeners.push((id, raft, api));
-    }
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for (id, raft_listener, api_listener) in listeners {
-        let dir = tempfile::tempdir().unwrap();
-        nodes.push(
-            ControlNode::start(ControlOptions {
-                id,
-                data_dir: dir.path().to_path_buf(),
-                raft_listener,
-                api_listener,
-                members: members.clone(),
-                admin_token: AdminToken::new("admin-secret").unwrap(),
-            })
-            .await
-            .unwrap(),
-        );
-        dirs.push(dir);
-    }
-    for node in &nodes {
-        node.node()
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_leader.is_some() && m.last_applied.is_some(),
-                "a leader is known and its first entry applied",
-            )
-            .await
-            .unwrap();
-    }
-    Cluster { nodes, _dirs: dirs }
-}
-
-impl Cluster {
-    fn leader_index(&self) -> usize {
-        let (leader, _) = self.nodes[0].node().leader().unwrap();
-        self.nodes
-            .iter()
-            .position(|c| c.node().id() == leader)
-            .unwrap()
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| n.api_addr().to_string())
-            .collect()
-    }
-
-    /// What the ledger of `node` knows about one window.
-    fn window_report(&self, node: usize, key: &str, window: Window, id: u64) -> WindowReport {
-        self.nodes[node]
-            .node()
-            .reader()
-            .read_quota(|l| l.window_report(key, window, WindowId(id)))
-            .unwrap_or_else(|| panic!("no ledger entry for {key} {window:?} window {id}"))
-    }
-
-    async fn shutdown(self) {
-        for node in self.nodes {
-            node.shutdown().await;
-        }
-    }
+/// What the ledger of the node at `index` knows about one window.
+fn window_report(
+    cluster: &LocalCluster,
+    index: usize,
+    key: &str,
+    window: Window,
+    id: u64,
+) -> WindowReport {
+    cluster
+        .node(index)
+        .node()
+        .reader()
+        .read_quota(|l| l.window_report(key, window, WindowId(id)))
+        .unwrap_or_else(|| panic!("no ledger entry for {key} {window:?} window {id}"))
 }
 
 struct Gateway {
@@ -480,7 +412,7 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
     let window = Window::Hour;
     // Kill (up to 3 s of API drain) + election + reconnect + draining the rest of the window.
     wait_for_room(window, Duration::from_secs(30)).await;
-    let mut cluster = start_cluster(3).await;
+    let mut cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     // Paced at 3 workers x 2 gateways x 100/s, about 600/s: the window lasts through the kill.
     let max = 6_000;
     let load = Load::new("chaos:leader-kill", window, max, Duration::from_millis(10));
@@ -498,7 +430,7 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
     let w = window.id_at(now_ms()).0;
 
     info!("--- kill the leader mid-window");
-    let old = cluster.nodes.remove(cluster.leader_index());
+    let old = cluster.take(cluster.leader_index().unwrap()).unwrap();
     let old_term = old.node().metrics().borrow().current_term;
     let sessions: Vec<u64> = gateways
         .iter()
@@ -530,17 +462,7 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
         .collect();
     killing.await.unwrap();
     let dead = Instant::now();
-    for node in &cluster.nodes {
-        node.node()
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_term > old_term && m.current_leader.is_some(),
-                "a new leader is elected",
-            )
-            .await
-            .unwrap();
-    }
+    cluster.wait_for_new_leader(old_term).await.unwrap();
 
     info!("--- leases flow again from the new leader");
     wait_for(WAIT, || {
@@ -581,9 +503,9 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
         w.stop().await;
     }
 
-    let leader = cluster.leader_index();
-    let new_term = cluster.nodes[leader].node().metrics().borrow().current_term;
-    let report = cluster.window_report(leader, load.key, window, w);
+    let leader = cluster.leader_index().unwrap();
+    let new_term = cluster.node(leader).node().metrics().borrow().current_term;
+    let report = window_report(&cluster, leader, load.key, window, w);
     let admitted = load.oracle.admitted_in(w);
     // Budget of every term before the serving one that still counts against the limit.
     let old_outstanding: u64 = report
@@ -635,7 +557,7 @@ async fn a_crashed_gateways_leases_stay_spent_and_are_all_the_window_loses() {
     tollgate_tests::init_tracing();
     let window = Window::Hour;
     wait_for_room(window, Duration::from_secs(20)).await;
-    let cluster = start_cluster(3).await;
+    let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let max = 3_000;
     // 3 workers x 2 gateways at 2 ms: about 3000/s offered.
     let load = Load::new("chaos:gateway-crash", window, max, Duration::from_millis(2));
@@ -717,19 +639,19 @@ async fn a_crashed_gateways_leases_stay_spent_and_are_all_the_window_loses() {
 async fn a_partitioned_gateway_spends_what_it_holds_then_fails_closed() {
     tollgate_tests::init_tracing();
     let window = Window::Second;
-    let cluster = start_cluster(3).await;
+    let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     // Per second: 2 x 3 workers at 1 ms offer several times the limit.
     let max = 400;
     let load = Load::new("chaos:partition", window, max, Duration::from_millis(1));
     // One proxy per control node, the leader's first: the partitioned gateway only ever reaches
     // the cluster through them (a redirect would point around the proxies; it connects to the
     // leader first and needs none).
-    let leader = cluster.leader_index();
-    let mut order: Vec<usize> = (0..cluster.nodes.len()).collect();
+    let leader = cluster.leader_index().unwrap();
+    let mut order: Vec<usize> = (0..cluster.len()).collect();
     order.swap(0, leader);
     let mut proxies = Vec::new();
     for i in order {
-        proxies.push(Proxy::start(cluster.nodes[i].api_addr()).await);
+        proxies.push(Proxy::start(cluster.node(i).api_addr()).await);
     }
     let p = gateway(
         proxies.iter().map(|p| p.addr.to_string()).collect(),
@@ -872,7 +794,7 @@ async fn a_partitioned_gateway_spends_what_it_holds_then_fails_closed() {
 async fn a_tenfold_load_spike_reaches_the_limit_and_never_passes_it() {
     tollgate_tests::init_tracing();
     let window = Window::Second;
-    let cluster = start_cluster(3).await;
+    let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let max = 400;
     // Steady: 2 gateways x 3 workers at 75 ms = 80/s, 20% of the limit. Spike: 7.5 ms, ten
     // times as much, 200% of the limit (nominal: a loaded machine paces slower).
@@ -956,7 +878,7 @@ async fn a_tenfold_load_spike_reaches_the_limit_and_never_passes_it() {
 async fn a_lowered_limit_caps_every_window_that_starts_after_the_change() {
     tollgate_tests::init_tracing();
     let window = Window::Second;
-    let cluster = start_cluster(3).await;
+    let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let (high, low) = (1_000, 300);
     let load = Load::new("chaos:lowered", window, high, Duration::from_millis(1));
     let gateways = [
@@ -1024,7 +946,7 @@ async fn a_lowered_limit_stops_refills_at_once_and_drains_within_the_lease_ttl()
     tollgate_tests::init_tracing();
     let window = Window::Hour;
     wait_for_room(window, Duration::from_secs(20)).await;
-    let cluster = start_cluster(3).await;
+    let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let (high, low) = (1_000, 300);
     let load = Load::new("chaos:lowered-hour", window, high, Duration::from_millis(5));
     let gateways = [
@@ -1084,8 +1006,8 @@ async fn a_lowered_limit_stops_refills_at_once_and_drains_within_the_lease_ttl()
         w.stop().await;
     }
     let admitted = load.oracle.admitted_in(w);
-    let leader = cluster.leader_index();
-    let report = cluster.window_report(leader, load.key, window, w);
+    let leader = cluster.leader_index().unwrap();
+    let report = window_report(&cluster, leader, load.key, window, w);
     info!(
         admitted_at_change,
         admitted,

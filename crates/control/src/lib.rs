@@ -31,6 +31,8 @@ mod auth;
 pub mod convert;
 mod error;
 mod gateways;
+#[cfg(feature = "local-cluster")]
+pub mod local_cluster;
 pub mod quota;
 mod server;
 pub mod watch;
@@ -39,6 +41,8 @@ pub use admin::AdminServiceImpl;
 pub use auth::AdminToken;
 pub use error::ControlError;
 pub use gateways::GatewayRegistry;
+#[cfg(feature = "local-cluster")]
+pub use local_cluster::{LocalCluster, LocalClusterError};
 pub use quota::{QuotaOptions, QuotaServiceImpl};
 pub use server::{ControlNode, ControlOptions, ControlStartError};
 pub use watch::ConfigServiceImpl;

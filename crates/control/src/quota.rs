@@ -14,7 +14,7 @@
 //!
 //! # Rules
 //!
-//! * Only the leader serves sessions. The [`Book`] belongs to one term, read from Raft's metrics;
+//! * Only the leader serves sessions. The book (`quota/book.rs`) belongs to one term, read from Raft's metrics;
 //!   granted tokens enter it only once `client_write` returned an entry of that very term and the
 //!   metrics still show this node leading it. When the metrics show another term or leader, every
 //!   session ends with `UNAVAILABLE` (and the leader's API address when known), and the book is

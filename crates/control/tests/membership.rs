@@ -6,21 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tollgate_control::{AdminServiceImpl, AdminToken, ConfigServiceImpl, GatewayRegistry};
+use tollgate_control::{ControlNode, LocalCluster};
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::v1::{
     AddNodeRequest, ClusterMember, ClusterStatusRequest, NodeRole, PutPolicyRequest,
     RemoveNodeRequest,
 };
 use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
-use tollgate_raft::{ConfigState, NodeId, PeerNode, RaftNode};
+use tollgate_raft::{ConfigState, NodeId, PeerNode};
 use tonic::transport::Channel;
 use tracing::info;
 
@@ -28,105 +24,25 @@ use tracing::info;
 const WAIT: Duration = Duration::from_secs(15);
 const ADMIN: &str = "admin-secret";
 
-struct Control {
-    node: Arc<RaftNode>,
+/// The addresses of a node that never starts, bound on loopback while this lives.
+struct Unstarted {
     peer: PeerNode,
-    api_addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    _dir: TempDir,
+    _raft: TcpListener,
+    _api: TcpListener,
 }
 
-struct Listeners {
-    id: NodeId,
-    raft: TcpListener,
-    api: TcpListener,
-    peer: PeerNode,
-}
-
-async fn bind(id: NodeId) -> Listeners {
+async fn unstarted() -> Unstarted {
     let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let peer = PeerNode {
         raft_addr: raft.local_addr().unwrap().to_string(),
         api_addr: api.local_addr().unwrap().to_string(),
     };
-    Listeners {
-        id,
-        raft,
-        api,
+    Unstarted {
         peer,
+        _raft: raft,
+        _api: api,
     }
-}
-
-/// Start one node with `members` (empty: it never initializes) and serve both services.
-async fn start_node(listeners: Listeners, members: &[(NodeId, PeerNode)]) -> Control {
-    let Listeners {
-        id,
-        raft,
-        api,
-        peer,
-    } = listeners;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(
-        RaftNode::start_with_listener(id, dir.path(), raft, members)
-            .await
-            .unwrap(),
-    );
-    let gateways = GatewayRegistry::default();
-    let admin = AdminServiceImpl::new(
-        node.clone(),
-        AdminToken::new(ADMIN).unwrap(),
-        gateways.clone(),
-    );
-    let config = ConfigServiceImpl::new(&node, gateways);
-    let api_addr = api.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(admin.into_server())
-            .add_service(config.into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(api), async {
-                let _ = stopped.await;
-            }),
-    );
-    Control {
-        node,
-        peer,
-        api_addr,
-        _stop: stop,
-        _dir: dir,
-    }
-}
-
-/// Start `n` nodes with the same member list and wait until each knows the leader.
-async fn start_cluster(n: u64) -> Vec<Control> {
-    let mut all = Vec::new();
-    for id in 1..=n {
-        all.push(bind(id).await);
-    }
-    let members: Vec<(NodeId, PeerNode)> = all.iter().map(|l| (l.id, l.peer.clone())).collect();
-    let mut controls = Vec::new();
-    for listeners in all {
-        controls.push(start_node(listeners, &members).await);
-    }
-    for control in &controls {
-        control
-            .node
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_leader.is_some() && m.last_applied.is_some(),
-                "a leader is known and its first entry applied",
-            )
-            .await
-            .unwrap();
-    }
-    controls
-}
-
-fn leader_of(cluster: &[Control]) -> &Control {
-    let (leader, _) = cluster[0].node.leader().unwrap();
-    cluster.iter().find(|c| c.node.id() == leader).unwrap()
 }
 
 async fn admin(addr: SocketAddr) -> AdminServiceClient<Channel> {
@@ -144,11 +60,13 @@ fn authed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-fn add(control: &Control, promote: bool) -> AddNodeRequest {
+/// Add the node at `index` of `cluster` (as a voter if `promote`).
+fn add(cluster: &LocalCluster, index: usize, promote: bool) -> AddNodeRequest {
+    let peer = cluster.peer(index);
     AddNodeRequest {
-        node_id: control.node.id(),
-        raft_addr: control.peer.raft_addr.clone(),
-        api_addr: control.peer.api_addr.clone(),
+        node_id: cluster.node(index).node().id(),
+        raft_addr: peer.raft_addr.clone(),
+        api_addr: peer.api_addr.clone(),
         promote,
     }
 }
@@ -173,11 +91,11 @@ async fn write(client: &mut AdminServiceClient<Channel>, n: u64) -> u64 {
 }
 
 /// Wait until `control` has applied revision `revision`.
-async fn wait_revision(control: &Control, revision: u64) {
-    let mut revisions = control.node.reader().subscribe_revision();
+async fn wait_revision(control: &ControlNode, revision: u64) {
+    let mut revisions = control.node().reader().subscribe_revision();
     tokio::time::timeout(WAIT, revisions.wait_for(|r| *r >= revision))
         .await
-        .unwrap_or_else(|_| panic!("node {} never reached {revision}", control.node.id()))
+        .unwrap_or_else(|_| panic!("node {} never reached {revision}", control.node().id()))
         .unwrap();
 }
 
@@ -190,48 +108,64 @@ fn role(members: &[ClusterMember], id: NodeId) -> Option<NodeRole> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_removed() {
-    let cluster = start_cluster(3).await;
-    let leader = leader_of(&cluster);
-    let mut client = admin(leader.api_addr).await;
+    let mut cluster = LocalCluster::start(3, ADMIN).await.unwrap();
+    let leader = cluster.leader_index().unwrap();
+    let leader_id = cluster.node(leader).node().id();
+    let mut client = admin(cluster.node(leader).api_addr()).await;
     write(&mut client, 1).await;
 
     info!("--- start node 4 with an empty member list");
-    let fourth = start_node(bind(4).await, &[]).await;
+    let fourth = cluster.join().await.unwrap();
+    assert_eq!(cluster.node(fourth).node().id(), 4);
     assert!(
-        !fourth.node.raft().is_initialized().await.unwrap(),
+        !cluster
+            .node(fourth)
+            .node()
+            .raft()
+            .is_initialized()
+            .await
+            .unwrap(),
         "a node with no members must not initialize a cluster of its own"
     );
-    let metrics = fourth.node.metrics().borrow().clone();
+    let metrics = cluster.node(fourth).node().metrics().borrow().clone();
     assert_eq!(metrics.current_leader, None);
     assert_eq!(metrics.membership_config.membership().nodes().count(), 0);
 
     info!("--- add node 4 as a learner");
     let added = client
-        .add_node(authed(add(&fourth, false)))
+        .add_node(authed(add(&cluster, fourth, false)))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(role(&added.members, 4), Some(NodeRole::Learner));
     assert_eq!(added.members.len(), 4);
     let revision = write(&mut client, 2).await;
-    wait_revision(&fourth, revision).await;
+    wait_revision(cluster.node(fourth), revision).await;
     assert_eq!(
-        fourth.node.reader().read(ConfigState::clone),
-        leader.node.reader().read(ConfigState::clone),
+        cluster
+            .node(fourth)
+            .node()
+            .reader()
+            .read(ConfigState::clone),
+        cluster
+            .node(leader)
+            .node()
+            .reader()
+            .read(ConfigState::clone),
         "the learner holds the leader's state"
     );
-    let seen_by_learner = admin(fourth.api_addr)
+    let seen_by_learner = admin(cluster.node(fourth).api_addr())
         .await
         .cluster_status(authed(ClusterStatusRequest::default()))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(seen_by_learner.leader_id, leader.node.id());
+    assert_eq!(seen_by_learner.leader_id, leader_id);
     assert_eq!(role(&seen_by_learner.members, 4), Some(NodeRole::Learner));
 
     info!("--- adding it again changes nothing");
     let again = client
-        .add_node(authed(add(&fourth, false)))
+        .add_node(authed(add(&cluster, fourth, false)))
         .await
         .unwrap()
         .into_inner();
@@ -240,7 +174,7 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
 
     info!("--- promote node 4 to voter");
     let promoted = client
-        .add_node(authed(add(&fourth, true)))
+        .add_node(authed(add(&cluster, fourth, true)))
         .await
         .unwrap()
         .into_inner();
@@ -258,12 +192,12 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
     assert_eq!(voters, 4);
     assert_eq!(role(&status.members, 4), Some(NodeRole::Voter));
     let revision = write(&mut client, 3).await;
-    wait_revision(&fourth, revision).await;
+    wait_revision(cluster.node(fourth), revision).await;
 
     let removed_id = cluster
-        .iter()
-        .map(|c| c.node.id())
-        .find(|&id| id != leader.node.id())
+        .nodes()
+        .map(|c| c.node().id())
+        .find(|&id| id != leader_id)
         .unwrap();
     info!("--- remove voter {removed_id}");
     let removed = client
@@ -290,10 +224,10 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
 
     info!("--- writes still commit on the remaining voters");
     let revision = write(&mut client, 4).await;
-    for control in cluster.iter().filter(|c| c.node.id() != removed_id) {
+    // The remaining voters, node 4 among them.
+    for control in cluster.nodes().filter(|c| c.node().id() != removed_id) {
         wait_revision(control, revision).await;
     }
-    wait_revision(&fourth, revision).await;
 
     info!("--- an unknown node cannot be removed");
     let unknown = client
@@ -305,8 +239,8 @@ async fn a_node_joins_as_a_learner_is_promoted_to_voter_and_a_voter_can_be_remov
 
 #[tokio::test]
 async fn the_last_voter_of_a_cluster_cannot_be_removed() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
     let refused = client
         .remove_node(authed(RemoveNodeRequest { node_id: 1 }))
         .await
@@ -323,14 +257,11 @@ async fn the_last_voter_of_a_cluster_cannot_be_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_sent_to_a_follower_name_the_leader_and_change_nothing() {
-    let cluster = start_cluster(3).await;
-    let leader = leader_of(&cluster);
-    let follower = cluster
-        .iter()
-        .find(|c| c.node.id() != leader.node.id())
-        .unwrap();
-    let mut client = admin(follower.api_addr).await;
-    let stranger = bind(4).await;
+    let cluster = LocalCluster::start(3, ADMIN).await.unwrap();
+    let leader = cluster.leader_index().unwrap();
+    let follower = (0..cluster.len()).find(|&i| i != leader).unwrap();
+    let mut client = admin(cluster.node(follower).api_addr()).await;
+    let stranger = unstarted().await;
 
     let refusals = [
         client
@@ -343,12 +274,12 @@ async fn membership_changes_sent_to_a_follower_name_the_leader_and_change_nothin
             .await
             .unwrap_err(),
         client
-            .add_node(authed(add(follower, true)))
+            .add_node(authed(add(&cluster, follower, true)))
             .await
             .unwrap_err(),
         client
             .remove_node(authed(RemoveNodeRequest {
-                node_id: leader.node.id(),
+                node_id: cluster.node(leader).node().id(),
             }))
             .await
             .unwrap_err(),
@@ -361,9 +292,9 @@ async fn membership_changes_sent_to_a_follower_name_the_leader_and_change_nothin
             .expect("no leader metadata")
             .to_str()
             .unwrap();
-        assert_eq!(named, leader.peer.api_addr);
+        assert_eq!(named, cluster.peer(leader).api_addr);
     }
-    let status = admin(leader.api_addr)
+    let status = admin(cluster.node(leader).api_addr())
         .await
         .cluster_status(authed(ClusterStatusRequest::default()))
         .await
@@ -374,10 +305,10 @@ async fn membership_changes_sent_to_a_follower_name_the_leader_and_change_nothin
 
 #[tokio::test]
 async fn a_learner_that_cannot_be_reached_is_added_at_once_and_can_be_removed() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
     // Bound and dropped: nothing listens there.
-    let gone = bind(2).await;
+    let gone = unstarted().await;
     let request = AddNodeRequest {
         node_id: 2,
         raft_addr: gone.peer.raft_addr.clone(),

@@ -7,17 +7,15 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tollgate_control::{AdminToken, ControlNode, ControlOptions};
+use tollgate_control::{ControlNode, LocalCluster};
 use tollgate_proto::v1::quota_service_client::QuotaServiceClient;
 use tollgate_proto::v1::{
     QuotaDemand, QuotaDown, QuotaHello, QuotaLease, QuotaLeaseReport, QuotaShowRequest, QuotaUp,
     QuotaWindow,
 };
 use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
-use tollgate_raft::{NodeId, PeerNode};
 use tonic::Streaming;
 use tracing::info;
 
@@ -25,62 +23,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const ADMIN: &str = "admin-secret";
 /// Hour windows: a test never straddles a boundary in practice, and sums are per window id anyway.
 const HOUR: QuotaWindow = QuotaWindow::Hour;
-
-async fn start_cluster(n: u64) -> (Vec<ControlNode>, Vec<tempfile::TempDir>) {
-    let mut listeners = Vec::new();
-    let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
-    for id in 1..=n {
-        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.push((
-            id,
-            PeerNode {
-                raft_addr: raft.local_addr().unwrap().to_string(),
-                api_addr: api.local_addr().unwrap().to_string(),
-            },
-        ));
-        listeners.push((id, raft, api));
-    }
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for (id, raft_listener, api_listener) in listeners {
-        let dir = tempfile::tempdir().unwrap();
-        nodes.push(
-            ControlNode::start(ControlOptions {
-                id,
-                data_dir: dir.path().to_path_buf(),
-                raft_listener,
-                api_listener,
-                members: members.clone(),
-                admin_token: AdminToken::new(ADMIN).unwrap(),
-            })
-            .await
-            .unwrap(),
-        );
-        dirs.push(dir);
-    }
-    for node in &nodes {
-        wait_for_leader(node).await;
-    }
-    (nodes, dirs)
-}
-
-async fn wait_for_leader(node: &ControlNode) {
-    node.node()
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.current_leader.is_some() && m.last_applied.is_some(),
-            "a leader is known and its first entry applied",
-        )
-        .await
-        .unwrap();
-}
-
-fn leader_index(nodes: &[ControlNode]) -> usize {
-    let (leader, _) = nodes[0].node().leader().unwrap();
-    nodes.iter().position(|c| c.node().id() == leader).unwrap()
-}
 
 /// One gateway's open session.
 struct Gateway {
@@ -242,10 +184,10 @@ async fn drain(gateways: &mut [Gateway], key: &str, max: u64, want: u64) -> Hash
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_of_two_gateways_never_exceed_the_limit_and_then_are_refused_as_exhausted() {
-    let (nodes, _dirs) = start_cluster(1).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
     let mut gateways = vec![
-        Gateway::open(&nodes[0], "gw-a", 1).await.unwrap(),
-        Gateway::open(&nodes[0], "gw-b", 1).await.unwrap(),
+        Gateway::open(cluster.node(0), "gw-a", 1).await.unwrap(),
+        Gateway::open(cluster.node(0), "gw-b", 1).await.unwrap(),
     ];
     info!("--- drain a limit of 50 with demands of 3 from two gateways");
     let leased = drain(&mut gateways, "grant:g/tool_rate", 50, 3).await;
@@ -254,7 +196,7 @@ async fn leases_of_two_gateways_never_exceed_the_limit_and_then_are_refused_as_e
     }
     // All chunks belong to the one term, so every token of the window is leasable.
     assert!(leased.values().any(|t| *t == 50), "{leased:?}");
-    let report = show(&nodes[0], "grant:g/tool_rate").await;
+    let report = show(cluster.node(0), "grant:g/tool_rate").await;
     assert!(report.windows.iter().all(|w| w.outstanding <= w.max));
     assert!(
         report
@@ -266,10 +208,10 @@ async fn leases_of_two_gateways_never_exceed_the_limit_and_then_are_refused_as_e
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_refuses_sessions_with_the_leader_address() {
-    let (nodes, _dirs) = start_cluster(3).await;
-    let leader = leader_index(&nodes);
-    let follower = (leader + 1) % nodes.len();
-    let status = Gateway::open(&nodes[follower], "gw-a", 1)
+    let cluster = LocalCluster::start(3, ADMIN).await.unwrap();
+    let leader = cluster.leader_index().unwrap();
+    let follower = (leader + 1) % cluster.len();
+    let status = Gateway::open(cluster.node(follower), "gw-a", 1)
         .await
         .err()
         .expect("a follower accepted a quota session");
@@ -277,24 +219,24 @@ async fn a_follower_refuses_sessions_with_the_leader_address() {
     let named = status.metadata().get(LEADER_METADATA_KEY).unwrap();
     assert_eq!(
         named.to_str().unwrap(),
-        nodes[leader].api_addr().to_string()
+        cluster.node(leader).api_addr().to_string()
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumption_is_settled_once_even_when_a_report_is_resent_after_a_reconnect() {
-    let (nodes, _dirs) = start_cluster(1).await;
-    let term = nodes[0].node().metrics().borrow().current_term;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let term = cluster.node(0).node().metrics().borrow().current_term;
     let key = "grant:g/settle";
-    let mut gateway = Gateway::open(&nodes[0], "gw-a", 7).await.unwrap();
+    let mut gateway = Gateway::open(cluster.node(0), "gw-a", 7).await.unwrap();
     let lease = gateway.demand(1, key, 100, 10).await.unwrap();
     info!("--- report 3 consumed");
     let seq = gateway.send(vec![], vec![report(&lease, term, 3, 0)]).await;
     gateway.wait_acked(seq).await;
-    assert_eq!(show(&nodes[0], key).await.windows[0].consumed, 3);
+    assert_eq!(show(cluster.node(0), key).await.windows[0].consumed, 3);
     info!("--- reconnect and send the same report again");
     drop(gateway);
-    let mut gateway = Gateway::open_at(&nodes[0], "gw-a", 7, seq - 1)
+    let mut gateway = Gateway::open_at(cluster.node(0), "gw-a", 7, seq - 1)
         .await
         .unwrap();
     gateway
@@ -303,14 +245,20 @@ async fn consumption_is_settled_once_even_when_a_report_is_resent_after_a_reconn
     gateway.wait_acked(seq).await;
     let next = gateway.send(vec![], vec![report(&lease, term, 2, 0)]).await;
     gateway.wait_acked(next).await;
-    assert_eq!(show(&nodes[0], key).await.windows[0].consumed, 5);
+    assert_eq!(show(cluster.node(0), key).await.windows[0].consumed, 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demands_gathered_in_one_tick_become_one_raft_entry() {
-    let (nodes, _dirs) = start_cluster(1).await;
-    let mut gateway = Gateway::open(&nodes[0], "gw-a", 1).await.unwrap();
-    let before = nodes[0].node().metrics().borrow().last_log_index.unwrap();
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut gateway = Gateway::open(cluster.node(0), "gw-a", 1).await.unwrap();
+    let before = cluster
+        .node(0)
+        .node()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap();
     let demands: Vec<QuotaDemand> = (0..20)
         .map(|i| demand(i, &format!("grant:g/key-{}", i % 5), 1_000, 2, false))
         .collect();
@@ -321,7 +269,13 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         assert!(down.refusals.is_empty(), "{:?}", down.refusals);
         answered += down.leases.len();
     }
-    let after = nodes[0].node().metrics().borrow().last_log_index.unwrap();
+    let after = cluster
+        .node(0)
+        .node()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap();
     assert_eq!(
         after - before,
         1,
@@ -334,7 +288,13 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         .await
         .unwrap();
     assert_eq!(lease.tokens, 1);
-    let after = nodes[0].node().metrics().borrow().last_log_index.unwrap();
+    let after = cluster
+        .node(0)
+        .node()
+        .metrics()
+        .borrow()
+        .last_log_index
+        .unwrap();
     let mut round_trips = Vec::new();
     for id in 101..201 {
         let started = std::time::Instant::now();
@@ -343,7 +303,13 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         assert_eq!(lease.tokens, 1);
         if id == 101 {
             assert_eq!(
-                nodes[0].node().metrics().borrow().last_log_index.unwrap(),
+                cluster
+                    .node(0)
+                    .node()
+                    .metrics()
+                    .borrow()
+                    .last_log_index
+                    .unwrap(),
                 after,
                 "a demand the chunk covers was written to the log"
             );
@@ -359,38 +325,27 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_leases_only_what_remains_and_releases_returned_old_leases() {
-    let (mut nodes, _dirs) = start_cluster(3).await;
+    let mut cluster = LocalCluster::start(3, ADMIN).await.unwrap();
     let key = "grant:g/failover";
-    let first = leader_index(&nodes);
-    let old_term = nodes[first].node().metrics().borrow().current_term;
-    let mut gateway = Gateway::open(&nodes[first], "gw-a", 1).await.unwrap();
+    let first = cluster.leader_index().unwrap();
+    let old_term = cluster.node(first).node().metrics().borrow().current_term;
+    let mut gateway = Gateway::open(cluster.node(first), "gw-a", 1).await.unwrap();
     info!("--- lease 2 + 2 tokens; the second chunk is 4, so 2 stay unleased in the old term");
     let a = gateway.demand(1, key, 20, 2).await.unwrap();
     let b = gateway.demand(2, key, 20, 2).await.unwrap();
     assert_eq!((a.tokens, b.tokens), (2, 2));
-    let outstanding = show(&nodes[first], key).await.windows[0].outstanding;
+    let outstanding = show(cluster.node(first), key).await.windows[0].outstanding;
     assert!(outstanding >= 4);
     drop(gateway);
 
     info!("--- shut the leader down");
-    let old = nodes.remove(first);
-    old.shutdown().await;
-    for node in &nodes {
-        node.node()
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_term > old_term && m.current_leader.is_some(),
-                "a new leader is elected",
-            )
-            .await
-            .unwrap();
-    }
-    let second = leader_index(&nodes);
-    let new_term = nodes[second].node().metrics().borrow().current_term;
+    cluster.stop(first).await;
+    cluster.wait_for_new_leader(old_term).await.unwrap();
+    let second = cluster.leader_index().unwrap();
+    let new_term = cluster.node(second).node().metrics().borrow().current_term;
 
     info!("--- return lease a (2 unused) to the new leader, then drain");
-    let mut gateway = Gateway::open_at(&nodes[second], "gw-a", 1, 10)
+    let mut gateway = Gateway::open_at(cluster.node(second), "gw-a", 1, 10)
         .await
         .unwrap();
     let seq = gateway.send(vec![], vec![report(&a, old_term, 0, 2)]).await;
@@ -398,7 +353,7 @@ async fn a_new_leader_leases_only_what_remains_and_releases_returned_old_leases(
     let leased = drain(std::slice::from_mut(&mut gateway), key, 20, 3).await;
     let in_window = leased.get(&a.window_id).copied().unwrap_or(0);
     assert_eq!(in_window, 20 - outstanding + 2, "{leased:?}");
-    let report = show(&nodes[second], key).await;
+    let report = show(cluster.node(second), key).await;
     let window = report
         .windows
         .iter()
@@ -408,7 +363,5 @@ async fn a_new_leader_leases_only_what_remains_and_releases_returned_old_leases(
     assert_eq!(window.stranded, outstanding - 2);
     assert_eq!(window.leased, in_window);
     assert!(new_term > old_term);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    cluster.shutdown().await;
 }

@@ -5,16 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
-use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
-use tollgate_control::{AdminServiceImpl, AdminToken, ConfigServiceImpl, GatewayRegistry};
+use tollgate_control::{ControlNode, LocalCluster};
 use tollgate_proto::v1::admin_service_client::AdminServiceClient;
 use tollgate_proto::v1::config_service_client::ConfigServiceClient;
 use tollgate_proto::v1::{
@@ -23,7 +20,6 @@ use tollgate_proto::v1::{
     StdioTransport, Upstream, WatchRequest, config_change, config_event, upstream,
 };
 use tollgate_proto::{ADMIN_TOKEN_METADATA_KEY, LEADER_METADATA_KEY};
-use tollgate_raft::{NodeId, PeerNode, RaftNode};
 use tonic::transport::Channel;
 use tracing::info;
 
@@ -33,75 +29,22 @@ const ADMIN: &str = "admin-secret";
 const GOOD: &str = r#"{"version":"1","default":"deny"}"#;
 const GOOD_2: &str = r#"{"version":"1","default":"allow"}"#;
 
-struct Control {
-    node: Arc<RaftNode>,
-    api_addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    _dir: TempDir,
-}
-
-/// Start `n` Raft nodes with the same member list, each with both services on its own listener.
-async fn start_cluster(n: u64) -> Vec<Control> {
-    let mut listeners = Vec::new();
-    let mut members: Vec<(NodeId, PeerNode)> = Vec::new();
-    for id in 1..=n {
-        let raft = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        members.push((
-            id,
-            PeerNode {
-                raft_addr: raft.local_addr().unwrap().to_string(),
-                api_addr: api.local_addr().unwrap().to_string(),
-            },
-        ));
-        listeners.push((id, raft, api));
-    }
-    let mut controls = Vec::new();
-    for (id, raft, api) in listeners {
-        let dir = tempfile::tempdir().unwrap();
-        let node = Arc::new(
-            RaftNode::start_with_listener(id, dir.path(), raft, &members)
-                .await
-                .unwrap(),
-        );
-        let gateways = GatewayRegistry::default();
-        let admin = AdminServiceImpl::new(
-            node.clone(),
-            AdminToken::new(ADMIN).unwrap(),
-            gateways.clone(),
-        );
-        let config =
-            ConfigServiceImpl::new(&node, gateways).with_catch_up_wait(Duration::from_millis(500));
-        let api_addr = api.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(admin.into_server())
-                .add_service(config.into_server())
-                .serve_with_incoming_shutdown(TcpListenerStream::new(api), async {
-                    let _ = stopped.await;
-                }),
-        );
-        controls.push(Control {
-            node,
-            api_addr,
-            _stop: stop,
-            _dir: dir,
-        });
-    }
-    for control in &controls {
-        control
-            .node
-            .raft()
-            .wait(Some(WAIT))
-            .metrics(
-                |m| m.current_leader.is_some() && m.last_applied.is_some(),
-                "a leader is known and its first entry applied",
-            )
-            .await
-            .unwrap();
-    }
-    controls
+/// Serves `control`'s config service on a loopback listener of its own with a short catch-up
+/// wait, so that a watch from a revision the node never reaches gets its snapshot after 500 ms
+/// rather than the default 10 s.
+async fn config_with_short_catch_up(control: &ControlNode) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = control
+        .config_service()
+        .clone()
+        .with_catch_up_wait(Duration::from_millis(500));
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(config.into_server())
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
 }
 
 async fn admin(addr: SocketAddr) -> AdminServiceClient<Channel> {
@@ -141,8 +84,8 @@ async fn next_event(stream: &mut tonic::Streaming<ConfigEvent>) -> ConfigEvent {
 
 #[tokio::test]
 async fn admin_calls_without_the_right_token_are_unauthenticated() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
 
     let missing = client
         .list_grants(tonic::Request::new(ListGrantsRequest {
@@ -157,7 +100,7 @@ async fn admin_calls_without_the_right_token_are_unauthenticated() {
         .await
         .unwrap_err();
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
-    let revision = cluster[0].node.reader().read(|s| s.revision());
+    let revision = cluster.node(0).node().reader().read(|s| s.revision());
     assert_eq!(revision, 0, "a refused call changed the state");
     client
         .list_grants(authed(ListGrantsRequest {
@@ -170,10 +113,10 @@ async fn admin_calls_without_the_right_token_are_unauthenticated() {
 
 #[tokio::test]
 async fn a_bad_policy_is_refused_with_every_pointer_and_changes_nothing() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
     client.put_policy(authed(put("p", GOOD))).await.unwrap();
-    let before = cluster[0].node.reader().read(|s| s.revision());
+    let before = cluster.node(0).node().reader().read(|s| s.revision());
 
     let bad = r#"{"version":"1","default":"maybe","bogus":1}"#;
     let response = client
@@ -196,13 +139,16 @@ async fn a_bad_policy_is_refused_with_every_pointer_and_changes_nothing() {
     assert_eq!(response.version, 1, "the serving version is reported");
     assert!(response.digest.is_empty());
     assert_eq!(response.revision, before);
-    assert_eq!(cluster[0].node.reader().read(|s| s.revision()), before);
+    assert_eq!(
+        cluster.node(0).node().reader().read(|s| s.revision()),
+        before
+    );
 }
 
 #[tokio::test]
 async fn a_pushed_policy_and_a_grant_round_trip_and_the_token_is_shown_once() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
 
     info!("--- push a policy twice, then the same document again");
     let first = client
@@ -335,9 +281,10 @@ async fn a_pushed_policy_and_a_grant_round_trip_and_the_token_is_shown_once() {
 
 #[tokio::test]
 async fn a_watch_gets_a_snapshot_then_later_changes_and_resumes_after_its_revision() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
-    let mut config = ConfigServiceClient::connect(format!("http://{}", cluster[0].api_addr))
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
+    let config_addr = config_with_short_catch_up(cluster.node(0)).await;
+    let mut config = ConfigServiceClient::connect(format!("http://{config_addr}"))
         .await
         .unwrap();
     client.put_policy(authed(put("p", GOOD))).await.unwrap();
@@ -443,10 +390,13 @@ async fn a_watch_gets_a_snapshot_then_later_changes_and_resumes_after_its_revisi
 
 #[tokio::test]
 async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
-    let cluster = start_cluster(3).await;
-    let (leader_id, leader) = cluster[0].node.leader().unwrap();
-    let follower = cluster.iter().find(|c| c.node.id() != leader_id).unwrap();
-    let mut client = admin(follower.api_addr).await;
+    let cluster = LocalCluster::start(3, ADMIN).await.unwrap();
+    let (leader_id, leader) = cluster.node(0).node().leader().unwrap();
+    let follower = cluster
+        .nodes()
+        .find(|c| c.node().id() != leader_id)
+        .unwrap();
+    let mut client = admin(follower.api_addr()).await;
 
     let refused = client.put_policy(authed(put("p", GOOD))).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
@@ -459,7 +409,7 @@ async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
     assert_eq!(named, leader.api_addr);
 
     info!("--- the leader accepts it and the follower's watch sees it");
-    let mut config = ConfigServiceClient::connect(format!("http://{}", follower.api_addr))
+    let mut config = ConfigServiceClient::connect(format!("http://{}", follower.api_addr()))
         .await
         .unwrap();
     let mut stream = config
@@ -509,8 +459,8 @@ async fn a_write_sent_to_a_follower_names_the_leader_api_address() {
 
 #[tokio::test]
 async fn policy_versions_carry_the_time_the_leader_accepted_them() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
     let before = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -555,8 +505,8 @@ async fn policy_versions_carry_the_time_the_leader_accepted_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_racing_puts_expecting_the_same_version_exactly_one_wins() {
-    let cluster = start_cluster(1).await;
-    let mut client = admin(cluster[0].api_addr).await;
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut client = admin(cluster.node(0).api_addr()).await;
     client.put_policy(authed(put("p", GOOD))).await.unwrap();
 
     info!("--- eight puts at once, each expecting version 1");
