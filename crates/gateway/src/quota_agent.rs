@@ -174,6 +174,9 @@ pub struct QuotaAgent {
     connected: AtomicBool,
     counters: Counters,
     stop: CancellationToken,
+    /// [`QuotaAgent::drain`] began: no new demand goes out, and a lease that still arrives is
+    /// given back whole instead of installed.
+    draining: AtomicBool,
     /// Batches sent so far, and report messages not yet acknowledged (for [`QuotaAgent::drain`]).
     batches_sent: AtomicU64,
     unacked: AtomicU64,
@@ -211,6 +214,7 @@ impl QuotaAgent {
             connected: AtomicBool::new(false),
             counters: Counters::default(),
             stop: CancellationToken::new(),
+            draining: AtomicBool::new(false),
             batches_sent: AtomicU64::new(0),
             unacked: AtomicU64::new(0),
             progress: Notify::new(),
@@ -244,12 +248,17 @@ impl QuotaAgent {
     /// go back to the window instead of staying spent until it ends.
     pub async fn drain(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
+        self.draining.store(true, Ordering::Release);
         self.pool.return_idle(Instant::now(), Duration::ZERO);
-        let before = self.batches_sent.load(Ordering::Acquire);
+        let mut before = self.batches_sent.load(Ordering::Acquire);
         while self.is_connected() {
             let progress = self.progress.notified();
             tokio::pin!(progress);
             progress.as_mut().enable();
+            // A lease whose answer was being handled as the drain began may have landed since.
+            if self.pool.return_idle(Instant::now(), Duration::ZERO) > 0 {
+                before = self.batches_sent.load(Ordering::Acquire);
+            }
             // Two batches: one that may have been under way when the leases closed, and one that
             // surely carried their reports.
             let sent = self.batches_sent.load(Ordering::Acquire) > before + 1;
@@ -615,7 +624,11 @@ fn send_batch(
     state
         .demands
         .retain(|_, d| now.saturating_duration_since(d.sent_at) < DEMAND_FORGET);
-    let demands = agent.pool.demands(now);
+    let demands = if agent.draining.load(Ordering::Acquire) {
+        Vec::new()
+    } else {
+        agent.pool.demands(now)
+    };
     let reports = agent.pool.take_reports();
     if demands.is_empty() && reports.is_empty() && state.stray.is_empty() {
         agent.batches_sent.fetch_add(1, Ordering::AcqRel);
@@ -690,9 +703,12 @@ fn to_proto(state: &mut State, report: &LeaseReport) -> Option<QuotaLeaseReport>
 /// Applies one message of the leader to the pool.
 fn receive(agent: &QuotaAgent, state: &mut State, down: QuotaDown) {
     let now = Instant::now();
+    let draining = agent.draining.load(Ordering::Acquire);
     for lease in down.leases {
-        let Some(demand) = state.demands.remove(&lease.demand_id) else {
-            // Nobody waits for it (its demand was forgotten): give it back whole.
+        let demand = state.demands.remove(&lease.demand_id);
+        let Some(demand) = demand.filter(|_| !draining) else {
+            // Nobody waits for it (its demand was forgotten, or the agent drains): give it back
+            // whole.
             state.stray.push(QuotaLeaseReport {
                 lease_id: lease.lease_id,
                 term: down.term,
