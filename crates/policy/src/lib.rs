@@ -14,9 +14,11 @@
 //!                                                          └─ Allow { limits }     (borrowed, no allocation)
 //! ```
 //!
-//! Only version `"1"` exists today ([`PolicyVersion::V1`]); the compiled form is version-agnostic
-//! so that version `"2"` can compile into a superset of it. The semantics decisions are listed in
-//! the crate README.
+//! Version `"1"` ([`PolicyVersion::V1`]) is accepted whole, and of version `"2"`
+//! ([`PolicyVersion::V2`]) the limit extensions (scopes `session`, `server`, `global`; window
+//! `second`; `on_unavailable`); other version 2 fields are refused at their pointer. The compiled
+//! form is version-agnostic, so that the rest of version 2 compiles into a superset of it. The
+//! semantics decisions are listed in the crate README.
 //!
 //! ```
 //! use tollgate_policy::{CallInput, Decision, Policy};

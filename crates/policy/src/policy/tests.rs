@@ -699,3 +699,26 @@ fn version_1_keeps_its_own_limit_rules_with_clear_pointers() {
         ]
     );
 }
+
+#[test]
+fn the_example_global_limits_policy_compiles_with_every_scope() {
+    let p = Policy::from_json(include_bytes!(
+        "../../../../examples/policies/global-limits.json"
+    ))
+    .unwrap();
+    assert_eq!(p.version(), PolicyVersion::V2);
+    let Decision::Allow { limits } = call(&p, "run-rerun", json!({})) else {
+        panic!("run-rerun is listed")
+    };
+    let scopes: Vec<_> = limits.iter().map(|l| l.scope).collect();
+    assert_eq!(
+        scopes,
+        [
+            crate::Scope::Global,
+            crate::Scope::Server,
+            crate::Scope::Session,
+            crate::Scope::Grant
+        ]
+    );
+    assert!(matches!(call(&p, "other", json!({})), Decision::Deny(_)));
+}
