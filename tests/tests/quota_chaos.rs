@@ -122,6 +122,32 @@ async fn wait_connected(gateways: &[&Gateway]) {
         .unwrap();
 }
 
+/// Two gateways on the cluster, connected, each running the load's workers.
+async fn two_loaded_gateways(
+    cluster: &LocalCluster,
+    load: &Arc<Load>,
+) -> ([Gateway; 2], Vec<Workers>) {
+    let gateways = [
+        gateway(cluster.endpoints(), "gw-a"),
+        gateway(cluster.endpoints(), "gw-b"),
+    ];
+    wait_connected(&gateways.iter().collect::<Vec<_>>()).await;
+    let workers = gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| Workers::spawn(load, i, &g.agent))
+        .collect();
+    (gateways, workers)
+}
+
+/// Stops the gateways, then the cluster.
+async fn teardown(gateways: impl IntoIterator<Item = Gateway>, cluster: LocalCluster) {
+    for g in gateways {
+        g.stop().await;
+    }
+    cluster.shutdown().await;
+}
+
 fn now_ms() -> u64 {
     u64::try_from(
         SystemTime::now()
@@ -416,16 +442,7 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
     // Paced at 3 workers x 2 gateways x 100/s, about 600/s: the window lasts through the kill.
     let max = 6_000;
     let load = Load::new("chaos:leader-kill", window, max, Duration::from_millis(10));
-    let gateways = [
-        gateway(cluster.endpoints(), "gw-a"),
-        gateway(cluster.endpoints(), "gw-b"),
-    ];
-    wait_connected(&gateways.iter().collect::<Vec<_>>()).await;
-    let workers: Vec<_> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| Workers::spawn(&load, i, &g.agent))
-        .collect();
+    let (gateways, workers) = two_loaded_gateways(&cluster, &load).await;
     wait_for(WAIT, || load.oracle.total() >= 300).await.unwrap();
     let w = window.id_at(now_ms()).0;
 
@@ -542,10 +559,7 @@ async fn killing_the_leader_mid_window_never_overshoots_and_loses_at_most_the_ol
     );
     assert!(report.outstanding <= max);
 
-    for g in gateways {
-        g.stop().await;
-    }
-    cluster.shutdown().await;
+    teardown(gateways, cluster).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -801,16 +815,7 @@ async fn a_tenfold_load_spike_reaches_the_limit_and_never_passes_it() {
     let steady = Duration::from_millis(75);
     let spike = Duration::from_micros(7_500);
     let load = Load::new("chaos:spike", window, max, steady);
-    let gateways = [
-        gateway(cluster.endpoints(), "gw-a"),
-        gateway(cluster.endpoints(), "gw-b"),
-    ];
-    wait_connected(&gateways.iter().collect::<Vec<_>>()).await;
-    let workers: Vec<_> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| Workers::spawn(&load, i, &g.agent))
-        .collect();
+    let (gateways, workers) = two_loaded_gateways(&cluster, &load).await;
     // Three whole windows of steady load.
     let spike_ms = window.end_ms(window.id_at(now_ms())) + 3 * window.millis();
     wait_for(WAIT, || now_ms() >= spike_ms).await.unwrap();
@@ -864,10 +869,7 @@ async fn a_tenfold_load_spike_reaches_the_limit_and_never_passes_it() {
         "demand exceeded the limit in only {spiking:?}"
     );
 
-    for g in gateways {
-        g.stop().await;
-    }
-    cluster.shutdown().await;
+    teardown(gateways, cluster).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,16 +883,7 @@ async fn a_lowered_limit_caps_every_window_that_starts_after_the_change() {
     let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let (high, low) = (1_000, 300);
     let load = Load::new("chaos:lowered", window, high, Duration::from_millis(1));
-    let gateways = [
-        gateway(cluster.endpoints(), "gw-a"),
-        gateway(cluster.endpoints(), "gw-b"),
-    ];
-    wait_connected(&gateways.iter().collect::<Vec<_>>()).await;
-    let workers: Vec<_> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| Workers::spawn(&load, i, &g.agent))
-        .collect();
+    let (gateways, workers) = two_loaded_gateways(&cluster, &load).await;
     wait_for(WAIT, || load.oracle.windows().len() >= 3)
         .await
         .unwrap();
@@ -935,10 +928,7 @@ async fn a_lowered_limit_caps_every_window_that_starts_after_the_change() {
         }
     }
 
-    for g in gateways {
-        g.stop().await;
-    }
-    cluster.shutdown().await;
+    teardown(gateways, cluster).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -949,16 +939,7 @@ async fn a_lowered_limit_stops_refills_at_once_and_drains_within_the_lease_ttl()
     let cluster = LocalCluster::start(3, "admin-secret").await.unwrap();
     let (high, low) = (1_000, 300);
     let load = Load::new("chaos:lowered-hour", window, high, Duration::from_millis(5));
-    let gateways = [
-        gateway(cluster.endpoints(), "gw-a"),
-        gateway(cluster.endpoints(), "gw-b"),
-    ];
-    wait_connected(&gateways.iter().collect::<Vec<_>>()).await;
-    let workers: Vec<_> = gateways
-        .iter()
-        .enumerate()
-        .map(|(i, g)| Workers::spawn(&load, i, &g.agent))
-        .collect();
+    let (gateways, workers) = two_loaded_gateways(&cluster, &load).await;
     // Past the new limit already, and well under the old one.
     wait_for(WAIT, || load.oracle.total() >= low + 100)
         .await
@@ -1034,8 +1015,5 @@ async fn a_lowered_limit_stops_refills_at_once_and_drains_within_the_lease_ttl()
         admitted - admitted_at_change
     );
 
-    for g in gateways {
-        g.stop().await;
-    }
-    cluster.shutdown().await;
+    teardown(gateways, cluster).await;
 }
