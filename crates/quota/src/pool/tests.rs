@@ -329,6 +329,14 @@ fn interned_slots_spend_without_a_lookup() {
 /// A pool whose rate estimate follows the last sample (time constant 1 ms) and whose round trip
 /// is 10 ms.
 fn measured_pool() -> (LeasePool<ManualClock>, ManualClock, SlotHandle) {
+    measured_pool_with(100, Duration::from_millis(10))
+}
+
+/// A pool with a fast rate estimate whose first lease, of `tokens`, took `round_trip` to arrive.
+fn measured_pool_with(
+    tokens: u64,
+    round_trip: Duration,
+) -> (LeasePool<ManualClock>, ManualClock, SlotHandle) {
     let clock = ManualClock::new(MIDNIGHT_MS);
     let pool = LeasePool::with_clock(
         clock.clone(),
@@ -339,11 +347,11 @@ fn measured_pool() -> (LeasePool<ManualClock>, ManualClock, SlotHandle) {
     );
     let slot = pool.slot("k", Window::Minute);
     let sent_at = clock.now_instant();
-    clock.advance(Duration::from_millis(10));
-    let mut g = grant(&clock, 1, Window::Minute, 100, TTL);
+    clock.advance(round_trip);
+    let mut g = grant(&clock, 1, Window::Minute, tokens, TTL);
     g.sent_at = sent_at;
     pool.install(&slot, g);
-    assert_eq!(pool.round_trip(), Duration::from_millis(10));
+    assert_eq!(pool.round_trip(), round_trip);
     assert!(pool.demands(clock.now_instant()).is_empty(), "no rate yet");
     (pool, clock, slot)
 }
@@ -373,21 +381,8 @@ fn a_slot_asks_ahead_once_half_of_its_latest_lease_is_spent() {
 
 #[test]
 fn a_slot_asks_ahead_when_its_tokens_fall_under_rate_times_twice_the_round_trip() {
-    let clock = ManualClock::new(MIDNIGHT_MS);
-    let pool = LeasePool::with_clock(
-        clock.clone(),
-        PoolConfig {
-            rate_time_constant: Duration::from_millis(1),
-            ..PoolConfig::default()
-        },
-    );
-    let slot = pool.slot("k", Window::Minute);
     // A 1000-token lease that took 100 ms to arrive.
-    let sent_at = clock.now_instant();
-    clock.advance(Duration::from_millis(100));
-    let mut g = grant(&clock, 1, Window::Minute, 1_000, TTL);
-    g.sent_at = sent_at;
-    pool.install(&slot, g);
+    let (pool, clock, _slot) = measured_pool_with(1_000, Duration::from_millis(100));
     // 300 in 100 ms: 3000/s; two round trips' worth is 600 tokens; 700 left.
     for _ in 0..300 {
         pool.commit(pool.try_reserve(&minute("k", 10_000)).unwrap());
