@@ -7,7 +7,8 @@
 //!        │ with backoff, to the next control node               │    (snapshot replaces, changes patch)
 //!        └───────────── stream error / end ◀────────────────────┤ 2. compile what changed
 //!                                                               │ 3. swap one Runtime (ArcSwap)
-//!                                                               └ 4. stop replaced upstreams
+//!                                                               └ 4. stop replaced upstreams once
+//!                                                                  their requests let go (≤ 30 s)
 //! ```
 //!
 //! # Last good configuration
@@ -219,6 +220,20 @@ struct FollowState {
     compiled: HashMap<String, (u64, Option<Arc<Policy>>)>,
 }
 
+/// How long a replaced or removed upstream keeps serving the requests that already hold it.
+const RETIRE_GRACE: Duration = Duration::from_secs(30);
+/// How often a retired upstream checks whether its last request let go.
+const RETIRE_POLL: Duration = Duration::from_millis(100);
+
+/// Returns `item` once this is its only holder, or once `grace` has passed.
+async fn released<T>(item: Arc<T>, grace: Duration) -> Arc<T> {
+    let deadline = tokio::time::Instant::now() + grace;
+    while Arc::strong_count(&item) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(RETIRE_POLL).await;
+    }
+    item
+}
+
 /// Applies configuration events to a running gateway.
 pub struct Follower {
     shared: Arc<Shared>,
@@ -383,13 +398,13 @@ impl Follower {
             upstreams = applied.upstreams,
             "configuration applied"
         );
-        if !retired.is_empty() {
-            // Requests already holding a retired server finish with it; its children stop now.
+        // Requests already holding a retired server finish with it: its children stop once the
+        // last of them let go (or after a grace period, for a stream that never ends).
+        for server in retired {
             tokio::spawn(async move {
-                for server in retired {
-                    info!(upstream = %server.name, "upstream replaced or removed; stopping it");
-                    server.upstream.shutdown().await;
-                }
+                let server = released(server, RETIRE_GRACE).await;
+                info!(upstream = %server.name, "upstream replaced or removed; stopping it");
+                server.upstream.shutdown().await;
             });
         }
         Ok(applied)
@@ -500,5 +515,37 @@ fn source_of(up: &v1::Upstream) -> UpstreamSource {
             ..UpstreamSource::default()
         },
         None => UpstreamSource::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_item_is_released_when_its_last_other_holder_lets_go() {
+        let item = Arc::new(());
+        let holder = item.clone();
+        let waiting = tokio::spawn(released(item, Duration::from_secs(30)));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!waiting.is_finished(), "a request still holds it");
+        drop(holder);
+        let started = tokio::time::Instant::now();
+        let item = waiting.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(Arc::strong_count(&item), 1);
+        assert!(started.elapsed() <= RETIRE_POLL);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retired_item_held_forever_is_released_after_the_grace() {
+        let item = Arc::new(());
+        let _stream = item.clone();
+        let started = tokio::time::Instant::now();
+        let item = released(item, Duration::from_secs(30)).await;
+        assert_eq!(Arc::strong_count(&item), 2);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(30) && waited <= Duration::from_secs(30) + RETIRE_POLL
+        );
     }
 }
