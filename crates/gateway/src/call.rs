@@ -122,11 +122,13 @@ pub(crate) async fn handle(ctx: &RequestCtx, frame: Frame) -> Result<Response, P
         .iter()
         .map(|l| CallLimit::new(l, &ctx.grant.id, &ctx.server.name, session))
         .collect();
-    record.counters = call_limits.iter().map(|l| l.key.clone()).collect();
-    let reservation = match ctx.shared.limiter.acquire(&call_limits).await {
+    let acquired = ctx.shared.limiter.acquire(&call_limits).await;
+    let limited = !call_limits.is_empty();
+    record.counters = call_limits.into_iter().map(|l| l.key).collect();
+    let reservation = match acquired {
         Ok(held) => {
             record.counter_windows = held.windows().to_vec();
-            Some(held)
+            limited.then_some(held)
         }
         Err(refused) => {
             let index = match refused {
