@@ -34,16 +34,6 @@ const VERSIONS: &str = "versions";
 /// Waits for elections, propagation and restarts.
 const WAIT: Duration = Duration::from_secs(20);
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "cluster=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 /// A running sandbox with the upstream registered, the two policies pushed and one grant on each.
 struct Fixture {
     sandbox: Sandbox,
@@ -87,7 +77,7 @@ async fn revoke_grant(admin: &Admin, id: &str) -> u64 {
 
 impl Fixture {
     async fn start(controls: usize, gateways: usize) -> Self {
-        init_tracing();
+        tollgate_tests::init_tracing();
         let upstream = Upstream::start(UpstreamOptions::default()).await.unwrap();
         info!("--- start {controls} control nodes and {gateways} gateways");
         let sandbox = Sandbox::start(Options {
@@ -584,7 +574,7 @@ async fn mcp_calls_keep_succeeding_while_the_control_leader_is_killed() {
             let token = fixture.open_token.clone();
             let (failures, stop) = (failures.clone(), stop.clone());
             tokio::spawn(async move {
-                let client = rmcp_client(&url, &token, modern).await;
+                let client = tollgate_tests::mcp_client(&url, &token, modern).await;
                 while !stop.load(Ordering::SeqCst) {
                     let mut call = rmcp::model::CallToolRequestParams::new("echo");
                     call.arguments = serde_json::json!({"text": "hi"}).as_object().cloned();
@@ -709,35 +699,6 @@ async fn a_gateway_keeps_its_configuration_while_the_whole_control_plane_restart
             refused, 0,
             "a valid grant was refused while the cluster restarted"
         );
-    }
-}
-
-/// A real MCP client (rmcp) through a gateway: the legacy `initialize` handshake with a session,
-/// or the modern (2026-07-28) `server/discover` lifecycle.
-async fn rmcp_client(
-    url: &str,
-    token: &str,
-    modern: bool,
-) -> rmcp::service::RunningService<rmcp::service::RoleClient, ()> {
-    use rmcp::ServiceExt as _;
-    use rmcp::service::ClientServiceExt as _;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_config(
-        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-            url.to_owned(),
-        )
-        .auth_header(token),
-    );
-    if modern {
-        ().serve_with_lifecycle(
-            transport,
-            rmcp::service::ClientLifecycleMode::Discover {
-                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
-            },
-        )
-        .await
-        .expect("modern client connects")
-    } else {
-        ().serve(transport).await.expect("legacy client connects")
     }
 }
 

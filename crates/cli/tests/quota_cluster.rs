@@ -7,8 +7,8 @@
 //!
 //! The window is one second so that a short run has many windows, each with demand above the
 //! limit. Audit records of the killed gateway that were still queued in its process when it died
-//! are lost; the test measures that gap against what the upstream received and counts it against
-//! the window of the kill.
+//! are lost: the test measures that gap against what the upstream received and bounds it (a few
+//! records in practice), so the per-window check covers all but those few calls.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -35,16 +35,6 @@ const RERUN_MAX: u64 = 10;
 const GLOBAL_KEY: &str = "global:all_calls";
 /// Concurrent client tasks.
 const CLIENTS: usize = 24;
-
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "quota_cluster=info".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// The seed's policy (`examples/policies/seed.json`) plus an allowed `echo` and a global limit on
 /// every call, as policy version 2.
@@ -188,7 +178,7 @@ fn read_audits(paths: &[std::path::PathBuf]) -> Audited {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_global_limit_is_never_exceeded_while_the_leader_and_gateways_fail() {
-    init_tracing();
+    tollgate_tests::init_tracing();
     let upstream = Upstream::start(UpstreamOptions::default().extra_tool(ExtraTool::new(
         "run-rerun",
         "re-runs a job",
@@ -293,24 +283,20 @@ async fn a_global_limit_is_never_exceeded_while_the_leader_and_gateways_fail() {
     // The readiness calls above went to the upstream too; every admitted call is audited, except
     // those the killed gateway still had queued when it died.
     let lost = received.saturating_sub(audited.admitted);
+    info!(
+        lost,
+        kill_window = gateway_killed_at / 1000,
+        "admitted calls missing from the killed gateway's audit file"
+    );
     assert!(
-        lost <= 200,
+        lost <= 50,
         "{lost} admitted calls are missing from the audit files"
     );
-
-    let kill_window = gateway_killed_at / 1000;
     for (&window, &admitted) in &audited.global {
-        let unaudited = if window == kill_window { lost } else { 0 };
         assert!(
             admitted <= MAX,
             "window {window}: {admitted} calls admitted over a limit of {MAX}"
         );
-        if unaudited > 0 {
-            info!(
-                window,
-                admitted, unaudited, "the killed gateway's window, with its lost audit records"
-            );
-        }
     }
     for ((counter, window), admitted) in &audited.rerun {
         assert!(

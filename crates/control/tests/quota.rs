@@ -248,17 +248,22 @@ async fn consumption_is_settled_once_even_when_a_report_is_resent_after_a_reconn
     assert_eq!(show(cluster.node(0), key).await.windows[0].consumed, 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demands_gathered_in_one_tick_become_one_raft_entry() {
-    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
-    let mut gateway = Gateway::open(cluster.node(0), "gw-a", 1).await.unwrap();
-    let before = cluster
+/// The last index in the first node's Raft log.
+fn last_log_index(cluster: &LocalCluster) -> u64 {
+    cluster
         .node(0)
         .node()
         .metrics()
         .borrow()
         .last_log_index
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demands_gathered_in_one_tick_become_one_raft_entry() {
+    let cluster = LocalCluster::start(1, ADMIN).await.unwrap();
+    let mut gateway = Gateway::open(cluster.node(0), "gw-a", 1).await.unwrap();
+    let before = last_log_index(&cluster);
     let demands: Vec<QuotaDemand> = (0..20)
         .map(|i| demand(i, &format!("grant:g/key-{}", i % 5), 1_000, 2, false))
         .collect();
@@ -269,13 +274,7 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         assert!(down.refusals.is_empty(), "{:?}", down.refusals);
         answered += down.leases.len();
     }
-    let after = cluster
-        .node(0)
-        .node()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
+    let after = last_log_index(&cluster);
     assert_eq!(
         after - before,
         1,
@@ -288,13 +287,7 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         .await
         .unwrap();
     assert_eq!(lease.tokens, 1);
-    let after = cluster
-        .node(0)
-        .node()
-        .metrics()
-        .borrow()
-        .last_log_index
-        .unwrap();
+    let after = last_log_index(&cluster);
     let mut round_trips = Vec::new();
     for id in 101..201 {
         let started = std::time::Instant::now();
@@ -303,13 +296,7 @@ async fn demands_gathered_in_one_tick_become_one_raft_entry() {
         assert_eq!(lease.tokens, 1);
         if id == 101 {
             assert_eq!(
-                cluster
-                    .node(0)
-                    .node()
-                    .metrics()
-                    .borrow()
-                    .last_log_index
-                    .unwrap(),
+                last_log_index(&cluster),
                 after,
                 "a demand the chunk covers was written to the log"
             );
